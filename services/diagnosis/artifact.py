@@ -1,0 +1,117 @@
+"""Model artifacts: one weights file plus a JSON model card that vouches for it.
+
+The card records the weights' sha256 and loading refuses any file that does not match: a
+prediction must be traceable to exactly the weights that made it (the audit records quote
+the card's hash). Weights are saved as a plain state dict and loaded with
+``weights_only=True`` so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+
+import torch
+
+from .network import Architecture, BCCPatternNet
+from .patterns import PATTERNS
+
+CARD_SUFFIX = ".card.json"
+
+
+class ModelIntegrityError(RuntimeError):
+    """The weights on disk are not the ones the model card describes."""
+
+
+@dataclass
+class ModelCard:
+    name: str
+    version: str
+    weights_sha256: str
+    architecture: dict
+    preprocessing_version: str
+    patterns: list[str]
+    thresholds: dict[str, float]
+    bcc_threshold: float
+    training_data: dict
+    metrics: dict
+    intended_use: str
+    clinical_use: bool = False
+    created_at: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        known = {f for f in cls.__dataclass_fields__}
+        missing = known - set(d) - {"extra", "created_at", "clinical_use"}
+        if missing:
+            raise ValueError(f"model card lacks {', '.join(sorted(missing))}")
+        card = cls(**{k: v for k, v in d.items() if k in known})
+        if list(card.patterns) != list(PATTERNS):
+            raise ValueError(f"model card patterns {card.patterns} differ from {list(PATTERNS)}")
+        if set(card.thresholds) != set(PATTERNS):
+            raise ValueError("model card needs one threshold per pattern")
+        return card
+
+
+@dataclass
+class LoadedModel:
+    model: BCCPatternNet
+    card: ModelCard
+    path: Path
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.model.arch
+
+
+def card_path(weights: Path) -> Path:
+    return weights.with_name(weights.name + CARD_SUFFIX) if weights.suffix != ".pt" \
+        else weights.with_suffix(CARD_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(model: BCCPatternNet, card: ModelCard, weights: Path) -> Path:
+    """Write weights, then the card with their hash; returns the card's path."""
+    weights = Path(weights)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = weights.with_name(weights.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(weights)
+    card.weights_sha256 = sha256_file(weights)
+    card.architecture = model.arch.to_dict()
+    cpath = card_path(weights)
+    cpath.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n")
+    return cpath
+
+
+def load(weights: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    weights = Path(weights)
+    cpath = card_path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no model weights at {weights}")
+    if not cpath.is_file():
+        raise FileNotFoundError(f"no model card at {cpath}")
+    card = ModelCard.from_dict(json.loads(cpath.read_text()))
+    actual = sha256_file(weights)
+    if actual != card.weights_sha256:
+        raise ModelIntegrityError(
+            f"refusing to load {weights}: its sha256 is {actual}, the model card says "
+            f"{card.weights_sha256}")
+    model = BCCPatternNet(Architecture.from_dict(card.architecture))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval().to(device)
+    return LoadedModel(model=model, card=card, path=weights)

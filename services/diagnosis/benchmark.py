@@ -1,0 +1,69 @@
+"""Side-by-side timing of inference, our full analysis and captum's Grad-CAM.
+
+All three run in one process on the same model and the same preprocessed batch, one after
+the other in each round, so machine noise hits them alike; medians over rounds are reported
+with their ratios. Image decoding is outside all three (it is the same for each).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .engine import Engine
+from .preprocess import normalise_batch
+from .synthetic import generate
+
+
+def captum_maps(engine: Engine, x: torch.Tensor) -> torch.Tensor:
+    """The reference: captum LayerGradCam on the last feature map, one call per target."""
+    from captum.attr import LayerGradCam
+
+    model = engine.model
+    lgc = LayerGradCam(model, model.features)
+    x = x.to(engine.device).contiguous(memory_format=torch.channels_last)
+    maps = [lgc.attribute(x, target=t, relu_attributions=True) for t in range(8)]
+    raw = torch.cat(maps, dim=1)
+    return F.interpolate(raw, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _sync(engine: Engine) -> None:
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_explain(engine: Engine, batch: int = 32, rounds: int = 5, seed: int = 0) -> dict:
+    x = normalise_batch(generate(batch, seed, engine.input_size).images)
+    runs = {
+        "forward": lambda: engine.forward(x),
+        "full": lambda: engine.explain_tensors(x),
+        "captum": lambda: captum_maps(engine, x),
+    }
+    for fn in runs.values():          # warm-up: allocator, kernels, captum hooks
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            _sync(engine)
+            t = time.perf_counter()
+            fn()
+            _sync(engine)
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours = engine.explain_tensors(x)
+    ref = captum_maps(engine, x).detach()
+    up_ref = ref / ref.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return {
+        "batch": batch, "rounds": rounds, "device": str(engine.device),
+        "threads": torch.get_num_threads(), "model": engine.model_info,
+        "input_size": engine.input_size,
+        "median_s": {k: round(v, 4) for k, v in med.items()},
+        "images_per_s": {k: round(batch / v, 1) for k, v in med.items()},
+        "full_over_forward": round(med["full"] / med["forward"], 3),
+        "captum_over_full": round(med["captum"] / med["full"], 2),
+        "max_abs_diff_normalised_vs_captum": float((ours.normalised.cpu() - up_ref.cpu()).abs().max()),
+        "goals": {"full_over_forward_max": 1.25, "captum_over_full_min": 5.0},
+    }

@@ -1,0 +1,190 @@
+"""The engine workers call: load a model once, then ``analyse`` batches of image bytes.
+
+One lock serialises use of the model: PyTorch modules are not documented as safe for
+concurrent forward passes, and a single batched pass is faster than interleaved small ones
+anyway (the worker's micro-batcher gathers concurrent images into one call).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifact
+from .clinical import ClinicalExplanation, explain
+from .gradcam import all_target_cams
+from .lesion import lesion_masks
+from .map_numbers import MapNumbers, as_records, map_numbers
+from .patterns import PATTERNS, TARGETS
+from .preprocess import (MEAN, STD, PREPROCESSING_VERSION, ImageDecodeError, ImageQuality,
+                         prepare)
+
+
+@dataclass
+class TargetMap:
+    """One Grad-CAM explanation: BCC or one pattern."""
+
+    target: str
+    probability: float
+    raw: np.ndarray          # (h, w) float32, ReLU'd Grad-CAM at feature resolution
+    normalised: np.ndarray   # (S, S) float32 in [0, 1], over the analysed crop
+    numbers: MapNumbers
+
+
+@dataclass
+class AnalysisResult:
+    bcc_probability: float
+    pattern_probabilities: dict[str, float]
+    patterns_present: list[str]
+    clinical: ClinicalExplanation
+    maps: list[TargetMap]                 # TARGETS order: BCC, PN, UL, BO, MG, ML, SW, AT
+    quality: ImageQuality
+    image: dict                           # media type, width, height, crop box
+    lesion_mask_method: str
+    model: dict                           # name, version, weights_sha256
+    preprocessing_version: str
+    device: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def map_for(self, target: str) -> TargetMap:
+        return self.maps[TARGETS.index(target)]
+
+    def summary(self) -> dict:
+        """Everything but the map arrays: what the database and audit record keep."""
+        return {
+            "bcc_probability": self.bcc_probability,
+            "pattern_probabilities": self.pattern_probabilities,
+            "patterns_present": self.patterns_present,
+            "clinical": self.clinical.to_dict(),
+            "map_numbers": {m.target: m.numbers.to_dict() for m in self.maps},
+            "quality": self.quality.to_dict(),
+            "image": self.image,
+            "lesion_mask_method": self.lesion_mask_method,
+            "model": self.model,
+            "preprocessing_version": self.preprocessing_version,
+            "device": self.device,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass
+class BatchExplanation:
+    """Tensor-level result of ``Engine.explain_tensors`` (used by ``analyse`` and benchmarks)."""
+
+    probabilities: torch.Tensor     # (B, 8)
+    raw: torch.Tensor               # (B, 8, h, w)
+    normalised: torch.Tensor        # (B, 8, S, S)
+    numbers: list[list[MapNumbers]]
+    clinical: list[ClinicalExplanation]
+    lesion_methods: list[str]
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Engine:
+    def __init__(self, loaded: artifact.LoadedModel, device: torch.device):
+        self.loaded = loaded
+        self.card = loaded.card
+        self.device = device
+        self.model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
+        self.input_size = loaded.model.arch.input_size
+        self.thresholds = dict(self.card.thresholds)
+        self._lock = threading.Lock()
+        self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def load(cls, weights: str | Path, device: str | None = None) -> "Engine":
+        dev = pick_device(device)
+        return cls(artifact.load(Path(weights), dev), dev)
+
+    @property
+    def model_info(self) -> dict:
+        return {"name": self.card.name, "version": self.card.version,
+                "weights_sha256": self.card.weights_sha256}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain inference (logits), the baseline the benchmark compares against."""
+        with self._lock, torch.inference_mode(), self._autocast():
+            return self.model(self._to_device(x)).float()
+
+    def explain_tensors(self, x: torch.Tensor) -> BatchExplanation:
+        """Probabilities, all eight maps, their numbers and the clinical explanation."""
+        with self._lock, self._autocast():
+            x = self._to_device(x)
+            cams = all_target_cams(self.model, x)
+        probs = torch.sigmoid(cams.logits)
+        rgb01 = (x.float() * self._std + self._mean).clamp(0, 1)
+        lesion, methods = lesion_masks(rgb01)
+        numbers = as_records(map_numbers(cams.normalised, cams.peak_raw, probs, lesion.to(x.device)))
+        p = probs.tolist()
+        clinical = []
+        for i, row in enumerate(p):
+            pattern_p = dict(zip(PATTERNS, row[1:]))
+            scores = {c: numbers[i][1 + j].score for j, c in enumerate(PATTERNS)}
+            clinical.append(explain(row[0], pattern_p, self.thresholds,
+                                    self.card.bcc_threshold, scores))
+        return BatchExplanation(probabilities=probs, raw=cams.raw, normalised=cams.normalised,
+                                numbers=numbers, clinical=clinical, lesion_methods=methods)
+
+    def analyse(self, images: list[bytes]) -> list[AnalysisResult]:
+        """Decode, preprocess and analyse a batch; a bad image raises ImageDecodeError
+        naming its position, before any analysis is done."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        prepared = []
+        for i, data in enumerate(images):
+            try:
+                prepared.append(prepare(data, self.input_size))
+            except ImageDecodeError as exc:
+                exc.index = i
+                exc.message = f"image {i}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+        t1 = time.perf_counter()
+        x = torch.stack([p.tensor for p in prepared])
+        out = self.explain_tensors(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        probs = out.probabilities.cpu().numpy()
+        raw = out.raw.cpu().numpy().astype(np.float32)
+        norm = out.normalised.cpu().numpy().astype(np.float32)
+        per_image = {"preprocess_ms": round((t1 - t0) * 1000 / len(images), 2),
+                     "analysis_ms": round((t2 - t1) * 1000 / len(images), 2),
+                     "batch_size": len(images)}
+        results = []
+        for i, p in enumerate(prepared):
+            maps = [TargetMap(target=t, probability=round(float(probs[i, j]), 4),
+                              raw=raw[i, j], normalised=norm[i, j], numbers=out.numbers[i][j])
+                    for j, t in enumerate(TARGETS)]
+            pattern_p = {c: round(float(probs[i, 1 + j]), 4) for j, c in enumerate(PATTERNS)}
+            results.append(AnalysisResult(
+                bcc_probability=round(float(probs[i, 0]), 4),
+                pattern_probabilities=pattern_p,
+                patterns_present=[c for c in PATTERNS if pattern_p[c] >= self.thresholds[c]],
+                clinical=out.clinical[i], maps=maps, quality=p.quality,
+                image={"media_type": p.media_type, "width": p.width, "height": p.height,
+                       "crop_box": list(p.crop_box), "input_size": self.input_size},
+                lesion_mask_method=out.lesion_methods[i], model=self.model_info,
+                preprocessing_version=PREPROCESSING_VERSION, device=str(self.device),
+                timings_ms=dict(per_image)))
+        return results
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,181 @@
+"""From uploaded bytes to the model's input tensor, plus image-quality measures.
+
+The version string is recorded with every result: any change to decoding, resizing, cropping
+or normalisation must bump it, because predictions made under different preprocessing are
+not comparable.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, asdict
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PREPROCESSING_VERSION = "dt-pre-1"
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
+MAX_BYTES = 25 * 1024 * 1024
+MAX_PIXELS = 40_000_000          # decompression-bomb guard (a 40-megapixel photo is fine)
+MIN_SIDE = 64
+# ImageNet statistics: the backbone's convention, kept so ImageNet weights stay usable.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# Quality thresholds, calibrated on HAM10000 images and their blurred / darkened copies
+# (tests/diagnosis/test_preprocess.py checks them against real images).
+SHARPNESS_MIN = 12.0
+EXPOSURE_LOW = 0.18
+EXPOSURE_HIGH = 0.88
+CLIPPED_MAX = 0.25
+
+
+class ImageDecodeError(ValueError):
+    """An upload that cannot be analysed; ``code`` is stable for API error bodies."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """Simple, explainable measures so a GP can be asked for a retake.
+
+    sharpness: variance of the Laplacian of the grey image at model input size, in grey
+    levels squared (0-255 scale); blurred photos score low.
+    brightness: mean luminance in [0, 1].
+    dark_clipped / bright_clipped: share of pixels at the ends of the range (lost detail).
+    """
+
+    sharpness: float
+    brightness: float
+    dark_clipped: float
+    bright_clipped: float
+
+    @property
+    def issues(self) -> list[str]:
+        out = []
+        if self.sharpness < SHARPNESS_MIN:
+            out.append("blurred")
+        if self.brightness < EXPOSURE_LOW or self.dark_clipped > CLIPPED_MAX:
+            out.append("under_exposed")
+        if self.brightness > EXPOSURE_HIGH or self.bright_clipped > CLIPPED_MAX:
+            out.append("over_exposed")
+        return out
+
+    @property
+    def acceptable(self) -> bool:
+        return not self.issues
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "issues": self.issues, "acceptable": self.acceptable}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One decoded upload: the model input, and what is needed to map results back."""
+
+    tensor: torch.Tensor            # (3, S, S) float32, normalised
+    rgb: np.ndarray                 # (S, S, 3) uint8, the crop the model saw
+    media_type: str
+    width: int                      # after EXIF orientation
+    height: int
+    crop_box: tuple[int, int, int, int]   # (left, top, right, bottom) in oriented pixels
+    quality: ImageQuality
+    version: str = PREPROCESSING_VERSION
+
+
+def decode(data: bytes) -> tuple[Image.Image, str]:
+    """Open JPEG/PNG bytes, apply EXIF orientation, return an RGB image and media type."""
+    if not data:
+        raise ImageDecodeError("empty", "the image is empty")
+    if len(data) > MAX_BYTES:
+        raise ImageDecodeError("too_large", f"the image is larger than {MAX_BYTES} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageDecodeError("unsupported_format",
+                                       f"only JPEG and PNG are accepted, not {fmt or 'this format'}")
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageDecodeError("too_many_pixels",
+                                       f"the image has {img.width * img.height} pixels; "
+                                       f"at most {MAX_PIXELS} are accepted")
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("undecodable", f"the file is not a readable JPEG or PNG image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError("corrupt", f"the image data is damaged or truncated ({exc})") from exc
+    if min(img.width, img.height) < MIN_SIDE:
+        raise ImageDecodeError("too_small", f"the image is {img.width}x{img.height}; "
+                               f"each side must be at least {MIN_SIDE} pixels")
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img), ALLOWED_FORMATS[fmt]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit scaled down, transparency flattened onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, size: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Centre square crop of the shorter side, then resize: the lesion is photographed centred."""
+    side = min(img.width, img.height)
+    left = (img.width - side) // 2
+    top = (img.height - side) // 2
+    box = (left, top, left + side, top + side)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=2.0), box
+
+
+def measure_quality(rgb: np.ndarray) -> ImageQuality:
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lap = (-4.0 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1]
+           + grey[1:-1, :-2] + grey[1:-1, 2:])
+    g = grey / 255.0
+    return ImageQuality(sharpness=round(float(lap.var()), 3),
+                        brightness=round(float(g.mean()), 4),
+                        dark_clipped=round(float((g < 0.02).mean()), 4),
+                        bright_clipped=round(float((g > 0.98).mean()), 4))
+
+
+def normalise(rgb: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 -> (3, S, S) float32 with ImageNet mean/std."""
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    return (t - mean) / std
+
+
+def normalise_batch(rgb: np.ndarray) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32, the batched form used in training."""
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def prepare(data: bytes, size: int) -> PreparedImage:
+    img, media_type = decode(data)
+    crop, box = resize_and_crop(img, size)
+    rgb = np.asarray(crop, dtype=np.uint8)
+    return PreparedImage(tensor=normalise(rgb), rgb=rgb, media_type=media_type,
+                         width=img.width, height=img.height, crop_box=box,
+                         quality=measure_quality(rgb))
