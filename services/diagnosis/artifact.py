@@ -9,6 +9,7 @@ the card's hash). Weights are saved as a plain state dict and loaded with
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -88,8 +89,12 @@ def save(model: BCCPatternNet, card: ModelCard, weights: Path) -> Path:
     weights = Path(weights)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Through a buffer: torch.save names the zip's root folder after the file, which would
+    # make identical weights hash differently under different names.
+    buf = io.BytesIO()
+    torch.save(state, buf)
     tmp = weights.with_name(weights.name + ".tmp")
-    torch.save(state, tmp)
+    tmp.write_bytes(buf.getvalue())
     tmp.replace(weights)
     card.weights_sha256 = sha256_file(weights)
     card.architecture = model.arch.to_dict()

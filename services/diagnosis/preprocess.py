@@ -26,7 +26,7 @@ STD = (0.229, 0.224, 0.225)
 
 # Quality thresholds, calibrated on HAM10000 images and their blurred / darkened copies
 # (tests/diagnosis/test_preprocess.py checks them against real images).
-SHARPNESS_MIN = 12.0
+SHARPNESS_MIN = 10.0
 EXPOSURE_LOW = 0.18
 EXPOSURE_HIGH = 0.88
 CLIPPED_MAX = 0.25
@@ -110,8 +110,11 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
             img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_many_pixels",
+                               f"the image declares too many pixels; at most {MAX_PIXELS} "
+                               "are accepted") from exc
+    except UnidentifiedImageError as exc:
         raise ImageDecodeError("undecodable", f"the file is not a readable JPEG or PNG image ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("corrupt", f"the image data is damaged or truncated ({exc})") from exc
@@ -175,7 +178,7 @@ def normalise_batch(rgb: np.ndarray) -> torch.Tensor:
 def prepare(data: bytes, size: int) -> PreparedImage:
     img, media_type = decode(data)
     crop, box = resize_and_crop(img, size)
-    rgb = np.asarray(crop, dtype=np.uint8)
+    rgb = np.array(crop, dtype=np.uint8)
     return PreparedImage(tensor=normalise(rgb), rgb=rgb, media_type=media_type,
                          width=img.width, height=img.height, crop_box=box,
                          quality=measure_quality(rgb))
