@@ -1,15 +1,24 @@
-"""Settings from environment variables, with embedded defaults that need no servers."""
+"""Settings from environment variables, with embedded defaults that need no servers.
+
+Embedded default (a laptop, `make run`): SQLite file, objects on local disk, Celery over
+kombu's filesystem transport, all under ``var/``. Full stack: set DATABASE_URL
+(postgresql+psycopg://...), BROKER_URL (redis://...), and OBJECT_STORE_URL
+(s3://KEY:SECRET@host:port/bucket) or the MINIO_* variables.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("DERMATRIAGE_DATA_DIR", PROJECT_ROOT / "var"))
+    return Path(os.environ.get("DERMATRIAGE_DATA_DIR", PROJECT_ROOT / "var")).resolve()
 
 
 def model_path() -> Path:
@@ -20,3 +29,79 @@ def model_path() -> Path:
 def shared_data_dir() -> Path:
     """Real dermoscopic data sets (read-only, never committed): ../shared/data by default."""
     return Path(os.environ.get("DERMATRIAGE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+class ConfigurationError(RuntimeError):
+    """Settings that must not be used (e.g. production with the default secret key)."""
+
+
+def _object_store_url(env) -> str:
+    if env.get("OBJECT_STORE_URL"):
+        return env["OBJECT_STORE_URL"]
+    if env.get("MINIO_ENDPOINT"):
+        secure = env.get("MINIO_SECURE", "false")
+        return (f"s3://{quote(env.get('MINIO_ACCESS_KEY', ''), safe='')}:"
+                f"{quote(env.get('MINIO_SECRET_KEY', ''), safe='')}@{env['MINIO_ENDPOINT']}/"
+                f"{env.get('MINIO_BUCKET', 'dermatriage')}?secure={secure}")
+    return (data_dir() / "objects").as_uri()
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    secret_key: str
+    database_url: str
+    broker_url: str
+    object_store_url: str
+    model_path: Path
+    data_dir: Path
+    token_max_age_s: int = 8 * 3600
+    max_upload_bytes: int = 60 * 1024 * 1024
+    max_images_per_case: int = 6
+    max_task_attempts: int = 3
+    job_lease_s: int = 300
+    sweep_interval_s: float = 15.0
+    batch_max: int = 16
+    batch_wait_ms: float = 25.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        base = Path(env.get("DERMATRIAGE_DATA_DIR", data_dir())).resolve()
+        settings = cls(
+            env=env.get("DERMATRIAGE_ENV", "development"),
+            secret_key=env.get("SECRET_KEY", DEFAULT_SECRET_KEY),
+            database_url=env.get("DATABASE_URL", f"sqlite:///{base / 'dermatriage.db'}"),
+            broker_url=env.get("BROKER_URL", "filesystem://"),
+            object_store_url=_object_store_url({**env, "DERMATRIAGE_DATA_DIR": str(base)})
+            if "OBJECT_STORE_URL" in env or "MINIO_ENDPOINT" in env
+            else (base / "objects").as_uri(),
+            model_path=Path(env.get("DERMATRIAGE_MODEL_PATH", base / "models" / "demo-bcc.pt")),
+            data_dir=base,
+            token_max_age_s=int(env.get("TOKEN_MAX_AGE_S", 8 * 3600)),
+            max_task_attempts=int(env.get("MAX_TASK_ATTEMPTS", 3)),
+            job_lease_s=int(env.get("JOB_LEASE_S", 300)),
+            sweep_interval_s=float(env.get("SWEEP_INTERVAL_S", 15)),
+            batch_max=int(env.get("BATCH_MAX", 16)),
+            batch_wait_ms=float(env.get("BATCH_WAIT_MS", 25)),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.env == "production":
+            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
+                raise ConfigurationError(
+                    "DERMATRIAGE_ENV=production needs SECRET_KEY set to a random value of at "
+                    "least 32 characters; refusing to start with the default key")
+            if self.database_url.startswith("sqlite"):
+                raise ConfigurationError("production needs DATABASE_URL pointing to PostgreSQL")
+
+    @property
+    def broker_transport_options(self) -> dict:
+        if self.broker_url.startswith("filesystem"):
+            folder = self.data_dir / "broker"
+            return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
+                    "processed_folder": str(folder / "processed"), "store_processed": False}
+        return {"visibility_timeout": self.job_lease_s * 4}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .model import model
 from .bench import bench
+from .model import model
+from .ops import audit, db, jobs, run, users, web, worker
 
 
 @click.group()
@@ -13,5 +14,5 @@ def main() -> None:
     """DermaTriage: teledermatology triage with explained BCC diagnosis."""
 
 
-main.add_command(model)
-main.add_command(bench)
+for command in (model, bench, db, users, worker, web, run, jobs, audit):
+    main.add_command(command)

@@ -50,6 +50,7 @@ class AnalysisResult:
     preprocessing_version: str
     device: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    input_rgb: np.ndarray | None = None   # (S, S, 3) uint8: the crop the maps refer to
 
     def map_for(self, target: str) -> TargetMap:
         return self.maps[TARGETS.index(target)]
@@ -178,7 +179,7 @@ class Engine:
                        "crop_box": list(p.crop_box), "input_size": self.input_size},
                 lesion_mask_method=out.lesion_methods[i], model=self.model_info,
                 preprocessing_version=PREPROCESSING_VERSION, device=str(self.device),
-                timings_ms=dict(per_image)))
+                timings_ms=dict(per_image), input_rgb=p.rgb))
         return results
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:

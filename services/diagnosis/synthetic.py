@@ -77,6 +77,17 @@ def generate(n: int, seed: int, size: int = 160, start: int = 0, progress=None) 
     )
 
 
+def concat(parts: list[SyntheticSet]) -> SyntheticSet:
+    return SyntheticSet(
+        images=np.concatenate([p.images for p in parts]),
+        lesion_masks=np.concatenate([p.lesion_masks for p in parts]),
+        pattern_masks=np.concatenate([p.pattern_masks for p in parts]),
+        patterns=np.concatenate([p.patterns for p in parts]),
+        bcc=np.concatenate([p.bcc for p in parts]),
+        kinds=tuple(k for p in parts for k in p.kinds),
+    )
+
+
 def generate_case(seed: int, index: int, size: int = 160) -> SyntheticCase:
     rng = np.random.default_rng([seed, index, size])
     kind = KINDS[rng.choice(len(KINDS), p=KIND_P)]
@@ -230,7 +241,7 @@ class _Canvas:
         for _ in range(rng.integers(10, 20)):
             ang, d = rng.uniform(0, 2 * np.pi), r * np.sqrt(rng.uniform(0, 0.8))
             gx, gy = cx + d * np.cos(ang), cy + d * np.sin(ang)
-            gr = rng.uniform(1.6, 2.8) * scale
+            gr = rng.uniform(2.0, 3.2) * scale
             dot = 1 - _smoothstep(gr - 0.7, gr + 0.7, np.hypot(self.xx - gx, self.yy - gy))
             self.blend(colour, dot * area * strength)
 

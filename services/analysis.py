@@ -1,0 +1,183 @@
+"""The analysis use case a worker runs for one job: exactly once in effect.
+
+Idempotent at every step, so a redelivered or re-dispatched job is harmless:
+- a job already done or failed is left alone;
+- each image gets at most one prediction per model version (a unique constraint; a
+  concurrent duplicate loses at commit and is skipped);
+- map objects have deterministic keys and contents, so rewriting them changes nothing;
+- the prediction and its audit record commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from . import audit, risk
+from .diagnosis.engine import AnalysisResult
+from .diagnosis.render import overlay_png
+from .models import AnalysisJob, Case, CaseImage, Prediction, utcnow
+from .runtime import Runtime
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+# Errors worth retrying: the database or object store was briefly unreachable.
+TRANSIENT = (OperationalError, StorageError, ConnectionError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    weights_sha256: str
+    thresholds: dict
+    bcc_threshold: float
+
+
+def worker_name() -> str:
+    import os
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def start_job(rt: Runtime, job_id: str, now=None) -> bool:
+    """Mark the job running; False if there is nothing to do (done, failed, or being run
+    by a live worker right now)."""
+    now = now or utcnow()
+    with rt.sessions() as s, s.begin():
+        job = s.scalar(select(AnalysisJob).where(AnalysisJob.id == job_id).with_for_update())
+        if job is None:
+            log.warning("job %s does not exist", job_id)
+            return False
+        if job.status in ("done", "failed"):
+            return False
+        lease = timedelta(seconds=rt.settings.job_lease_s)
+        if job.status == "running" and job.started_at and now - job.started_at < lease:
+            return False
+        job.status, job.started_at, job.worker = "running", now, worker_name()
+        job.attempts += 1
+        s.get(Case, job.case_id).status = "analysing"
+    return True
+
+
+def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list[AnalysisResult]],
+            model: ModelInfo) -> str:
+    """Analyse every dermoscopic image of the job's case not yet analysed by this model."""
+    if not start_job(rt, job_id):
+        return "skipped"
+    with rt.sessions() as s:
+        job = s.get(AnalysisJob, job_id)
+        case_id = job.case_id
+        done = set(s.scalars(select(Prediction.image_id).where(
+            Prediction.case_id == case_id, Prediction.model_name == model.name,
+            Prediction.model_version == model.version)))
+        todo = [(i.id, i.object_key, i.sha256) for i in s.scalars(
+            select(CaseImage).where(CaseImage.case_id == case_id, CaseImage.kind == "dermoscopic")
+            .order_by(CaseImage.position)) if i.id not in done]
+    if todo:
+        data = [rt.store.get(key) for _, key, _ in todo]
+        for (image_id, _, sha), blob in zip(todo, data):
+            if hashlib.sha256(blob).hexdigest() != sha:
+                raise StorageError(f"stored image {image_id} does not match its sha256")
+        results = analyse(data)
+        for (image_id, _, sha), result in zip(todo, results):
+            _store_prediction(rt, case_id, image_id, sha, result, model)
+    finish_job(rt, job_id, model)
+    return "done"
+
+
+def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
+                      result: AnalysisResult, model: ModelInfo) -> None:
+    maps = {}
+    for m in result.maps:
+        png = overlay_png(result.input_rgb, m.normalised)
+        key = f"maps/{image_id}/{model.name}-{model.version}/{m.target}.png"
+        rt.store.put(key, png, "image/png")
+        maps[m.target] = {"key": key, "sha256": hashlib.sha256(png).hexdigest()}
+    summary = result.summary()
+    try:
+        with rt.sessions() as s, s.begin():
+            pred = Prediction(
+                image_id=image_id, case_id=case_id, model_name=model.name,
+                model_version=model.version, model_sha256=model.weights_sha256,
+                preprocessing_version=result.preprocessing_version,
+                bcc_probability=result.bcc_probability, diagnosis=result.clinical.diagnosis,
+                pattern_probabilities=result.pattern_probabilities,
+                patterns_present=result.patterns_present, clinical=summary["clinical"],
+                map_numbers=summary["map_numbers"], maps=maps, quality=summary["quality"])
+            s.add(pred)
+            s.flush()
+            audit.append(s, case_id, pred.id, {
+                "kind": "explanation", "case_id": case_id, "prediction_id": pred.id,
+                "image_id": image_id, "image_sha256": image_sha,
+                "model": {"name": model.name, "version": model.version,
+                          "weights_sha256": model.weights_sha256},
+                "preprocessing_version": result.preprocessing_version,
+                "outputs": {"bcc_probability": result.bcc_probability,
+                            "pattern_probabilities": result.pattern_probabilities,
+                            "patterns_present": result.patterns_present},
+                "thresholds": {"patterns": model.thresholds, "bcc": model.bcc_threshold},
+                "clinical": summary["clinical"], "map_numbers": summary["map_numbers"],
+                "maps": maps, "quality": summary["quality"], "image": summary["image"],
+                "lesion_mask_method": result.lesion_mask_method,
+                "worker": worker_name(), "device": result.device,
+                "timings_ms": result.timings_ms, "recorded_at": utcnow().isoformat(),
+            })
+    except IntegrityError:
+        # Another delivery of this job stored it first: exactly one prediction remains.
+        log.info("prediction for image %s and %s %s already stored", image_id, model.name, model.version)
+
+
+def finish_job(rt: Runtime, job_id: str, model: ModelInfo) -> None:
+    with rt.sessions() as s, s.begin():
+        job = s.get(AnalysisJob, job_id)
+        case = s.get(Case, job.case_id)
+        preds = s.scalars(select(Prediction).where(
+            Prediction.case_id == case.id, Prediction.model_name == model.name,
+            Prediction.model_version == model.version)).all()
+        findings = [risk.ImageFinding(p.bcc_probability, p.patterns_present,
+                                      p.clinical["agreement"], p.quality["issues"]) for p in preds]
+        _queue_case(case, findings, ai_available=True)
+        job.status, job.finished_at, job.last_error = "done", utcnow(), None
+
+
+def fail_job(rt: Runtime, job_id: str, error: str) -> None:
+    """Give up on the AI: the case still goes to the queue, flagged for manual review."""
+    with rt.sessions() as s, s.begin():
+        job = s.get(AnalysisJob, job_id)
+        if job is None or job.status == "done":
+            return
+        case = s.get(Case, job.case_id)
+        job.status, job.finished_at, job.last_error = "failed", utcnow(), error[:2000]
+        _queue_case(case, [], ai_available=False)
+
+
+def record_error(rt: Runtime, job_id: str, error: str) -> int:
+    """Note a failed attempt; returns the attempts made so far."""
+    with rt.sessions() as s, s.begin():
+        job = s.get(AnalysisJob, job_id)
+        if job is None:
+            return 0
+        job.last_error = error[:2000]
+        if job.status == "running":
+            job.status = "queued"
+        return job.attempts
+
+
+def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: bool) -> None:
+    r = risk.assess(findings, bleeding=case.bleeding, changed=case.changed,
+                    body_site=case.body_site, age=case.age, received_at=case.created_at,
+                    ai_available=ai_available)
+    if case.status != "claimed":
+        case.status = "analysed" if ai_available else "analysis_failed"
+    case.ai_available = ai_available
+    case.risk_score, case.risk_tier, case.risk_reasons = r.score, r.tier, r.reasons
+    case.needs_attention, case.due_at, case.escalate_at = r.needs_attention, r.due_at, r.escalate_at
+    case.queued_at = case.queued_at or utcnow()

@@ -1,0 +1,92 @@
+"""Explanation records: an append-only hash chain, and its verification.
+
+Each record stores its payload as canonical JSON text (sorted keys, no spaces) and
+record_hash = sha256(prev_hash || payload). prev_hash is UNIQUE, so two writers that read
+the same tail cannot both append: one fails and retries, and the chain never forks. On
+Postgres an advisory lock serialises appends up front; SQLite's BEGIN IMMEDIATE does the
+same. Triggers (see the migration) refuse UPDATE and DELETE, so a record can only be added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from .models import ExplanationRecord
+from .storage import ObjectStore, StorageError
+
+GENESIS = "0" * 64
+CHAIN_LOCK_ID = 0x44455254   # "DERT": the Postgres advisory lock for appends
+
+
+def canonical(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev_hash: str, payload_text: str) -> str:
+    return hashlib.sha256((prev_hash + payload_text).encode()).hexdigest()
+
+
+def append(session: Session, case_id: str, prediction_id: str, payload: dict) -> ExplanationRecord:
+    """Add a record at the end of the chain, inside the caller's transaction."""
+    if session.bind.dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
+    tail = session.scalar(select(ExplanationRecord.record_hash)
+                          .order_by(ExplanationRecord.seq.desc()).limit(1))
+    prev = tail or GENESIS
+    body = canonical(payload)
+    record = ExplanationRecord(case_id=case_id, prediction_id=prediction_id, payload=body,
+                               prev_hash=prev, record_hash=chain_hash(prev, body))
+    session.add(record)
+    session.flush()
+    return record
+
+
+@dataclass
+class VerifyReport:
+    records: int
+    objects: int
+    ok: bool
+    first_broken: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"records": self.records, "objects_checked": self.objects, "ok": self.ok,
+                "first_broken": self.first_broken}
+
+
+def verify(session: Session, store: ObjectStore, check_objects: bool = True,
+           batch: int = 500) -> VerifyReport:
+    """Re-walk the chain from the start; stop at the first broken link or object."""
+    prev = GENESIS
+    count = objects = 0
+    last_seq = 0
+    while True:
+        rows = session.scalars(select(ExplanationRecord).where(ExplanationRecord.seq > last_seq)
+                               .order_by(ExplanationRecord.seq).limit(batch)).all()
+        if not rows:
+            return VerifyReport(count, objects, True)
+        for rec in rows:
+            def broken(problem: str, **extra) -> VerifyReport:
+                return VerifyReport(count, objects, False,
+                                    {"seq": rec.seq, "case_id": rec.case_id, "problem": problem, **extra})
+            if rec.prev_hash != prev:
+                return broken("prev_hash does not match the previous record's hash",
+                              expected=prev, found=rec.prev_hash)
+            if chain_hash(rec.prev_hash, rec.payload) != rec.record_hash:
+                return broken("record_hash does not match its content")
+            if check_objects:
+                for target, ref in sorted(json.loads(rec.payload).get("maps", {}).items()):
+                    try:
+                        data = store.get(ref["key"])
+                    except StorageError as exc:
+                        return broken(f"map object for {target} missing: {exc}", key=ref["key"])
+                    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+                        return broken(f"map object for {target} altered", key=ref["key"])
+                    objects += 1
+            prev = rec.record_hash
+            last_seq = rec.seq
+            count += 1

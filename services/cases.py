@@ -1,0 +1,228 @@
+"""GP intake and case reading: the use cases behind the form and the JSON API.
+
+Intake order keeps the store and the database consistent: images are validated and cleaned
+first (nothing stored on bad input), then written to the object store, then the case, its
+images and its analysis job are committed in ONE transaction; if that commit fails the
+objects just written are deleted. The job row is the outbox: handing it to the broker happens
+after the commit, and if the broker is down the sweeper sends it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, selectinload
+
+from . import images as image_io
+from .errors import Forbidden, NotFound, Unavailable, ValidationError
+from .models import IMAGE_KINDS, SEXES, AnalysisJob, Case, CaseImage, Prediction, User
+from .runtime import Runtime
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+BODY_SITES = ("scalp", "face", "nose", "ear", "eyelid", "lip", "neck", "trunk", "back",
+              "chest", "abdomen", "upper_limb", "hand", "lower_limb", "foot", "genital", "other")
+# Sites where a BCC's growth does harm sooner (cosmetic and functional): the "H-zone".
+HIGH_RISK_SITES = frozenset({"nose", "eyelid", "lip", "ear", "face"})
+MAX_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    patient_pseudonym: str
+    age: int
+    sex: str
+    body_site: str
+    duration_months: int | None
+    changed: bool
+    bleeding: bool
+    gp_question: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    data: bytes
+    kind: str = "dermoscopic"
+
+
+def _flag(form: Mapping, name: str) -> bool:
+    value = str(form.get(name, "")).strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValidationError(f"{name} must be true or false", name)
+
+
+def parse_case_fields(form: Mapping) -> CaseInput:
+    pseudonym = str(form.get("patient_pseudonym", "")).strip()
+    if not pseudonym:
+        raise ValidationError("patient_pseudonym is required (a reference, not the name)", "patient_pseudonym")
+    if len(pseudonym) > 64:
+        raise ValidationError("patient_pseudonym must be at most 64 characters", "patient_pseudonym")
+    try:
+        age = int(str(form.get("age", "")).strip())
+    except ValueError:
+        raise ValidationError("age is required, a whole number of years", "age") from None
+    if not 0 <= age <= 120:
+        raise ValidationError("age must be between 0 and 120", "age")
+    sex = str(form.get("sex", "")).strip().lower()
+    if sex not in SEXES:
+        raise ValidationError(f"sex must be one of {', '.join(SEXES)}", "sex")
+    site = str(form.get("body_site", "")).strip().lower()
+    if site not in BODY_SITES:
+        raise ValidationError(f"body_site must be one of {', '.join(BODY_SITES)}", "body_site")
+    raw_duration = str(form.get("duration_months", "")).strip()
+    duration = None
+    if raw_duration:
+        try:
+            duration = int(raw_duration)
+        except ValueError:
+            raise ValidationError("duration_months must be a whole number", "duration_months") from None
+        if not 0 <= duration <= 1200:
+            raise ValidationError("duration_months must be between 0 and 1200", "duration_months")
+    question = str(form.get("gp_question", "")).strip()
+    if len(question) > MAX_TEXT:
+        raise ValidationError(f"gp_question must be at most {MAX_TEXT} characters", "gp_question")
+    return CaseInput(pseudonym, age, sex, site, duration, _flag(form, "changed"),
+                     _flag(form, "bleeding"), question)
+
+
+def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
+                dispatch: Callable[[str], None] | None = None) -> Case:
+    if gp.role != "gp":
+        raise Forbidden("only GPs submit cases")
+    fields = parse_case_fields(form)
+    if not uploads:
+        raise ValidationError("at least one image is required", "images")
+    if len(uploads) > rt.settings.max_images_per_case:
+        raise ValidationError(f"at most {rt.settings.max_images_per_case} images per case", "images")
+    cleaned = []
+    for i, up in enumerate(uploads):
+        if up.kind not in IMAGE_KINDS:
+            raise ValidationError(f"image kind must be one of {', '.join(IMAGE_KINDS)}", f"images[{i}]")
+        try:
+            cleaned.append(image_io.clean(up.data))
+        except image_io.ImageDecodeError as exc:
+            raise ValidationError(f"{up.filename or 'image'}: {exc.message}", f"images[{i}]") from exc
+    if not any(u.kind == "dermoscopic" for u in uploads):
+        raise ValidationError("at least one dermoscopic image is required", "images")
+
+    keys: list[str] = []
+    try:
+        for img in cleaned:
+            ext = "jpg" if img.media_type == "image/jpeg" else "png"
+            key = f"images/{secrets.token_hex(16)}.{ext}"
+            rt.store.put(key, img.data, img.media_type)
+            keys.append(key)
+    except StorageError as exc:
+        _delete_quietly(rt, keys)
+        raise Unavailable("image storage is unavailable; the case was not saved, please retry") from exc
+
+    try:
+        with rt.sessions() as session, session.begin():
+            case = Case(gp_id=gp.id, status="received", ai_available=True, needs_attention=False,
+                        **fields.__dict__)
+            session.add(case)
+            session.flush()
+            for i, (img, up, key) in enumerate(zip(cleaned, uploads, keys)):
+                session.add(CaseImage(case_id=case.id, position=i, object_key=key, sha256=img.sha256,
+                                      size=img.size, media_type=img.media_type, width=img.width,
+                                      height=img.height, kind=up.kind))
+            job = AnalysisJob(case_id=case.id, status="pending", attempts=0, dispatches=0)
+            session.add(job)
+            session.flush()
+            job_id = job.id
+    except SQLAlchemyError as exc:
+        _delete_quietly(rt, keys)
+        log.error("case intake failed in the database: %s", exc)
+        raise Unavailable("the database is unavailable; the case was not saved, please retry") from exc
+
+    if dispatch is not None:
+        dispatch(job_id)
+    return case
+
+
+def _delete_quietly(rt: Runtime, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            rt.store.delete(key)
+        except StorageError:
+            log.warning("could not remove orphan object %s after a failed intake", key)
+
+
+def _readable(session: Session, user: User, case_id: str) -> Case:
+    case = session.get(Case, case_id, options=[selectinload(Case.images)])
+    # 404, not 403, for another GP's case: its existence is not disclosed.
+    if case is None or (user.role == "gp" and case.gp_id != user.id):
+        raise NotFound(f"no case {case_id}")
+    if user.role not in ("gp", "dermatologist", "auditor"):
+        raise Forbidden("this role cannot read cases")
+    return case
+
+
+def get_case(session: Session, user: User, case_id: str) -> dict:
+    case = _readable(session, user, case_id)
+    predictions = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
+                                  .order_by(Prediction.created_at)).all()
+    return case_view(case, predictions)
+
+
+def get_image(session: Session, rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[bytes, str]:
+    case = _readable(session, user, case_id)
+    for img in case.images:
+        if img.id == image_id:
+            return rt.store.get(img.object_key), img.media_type
+    raise NotFound(f"no image {image_id} in case {case_id}")
+
+
+def get_map(session: Session, rt: Runtime, user: User, case_id: str, prediction_id: str,
+            target: str) -> bytes:
+    _readable(session, user, case_id)
+    pred = session.get(Prediction, prediction_id)
+    if pred is None or pred.case_id != case_id or target not in pred.maps:
+        raise NotFound(f"no map {target} for prediction {prediction_id}")
+    return rt.store.get(pred.maps[target]["key"])
+
+
+def list_cases(session: Session, user: User, limit: int = 100) -> list[dict]:
+    query = select(Case).options(selectinload(Case.images)).order_by(Case.created_at.desc()).limit(limit)
+    if user.role == "gp":
+        query = query.where(Case.gp_id == user.id)
+    elif user.role not in ("dermatologist", "auditor"):
+        raise Forbidden("this role cannot list cases")
+    return [case_view(c) for c in session.scalars(query)]
+
+
+def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
+    out = {
+        "id": case.id, "status": case.status, "created_at": case.created_at.isoformat(),
+        "patient_pseudonym": case.patient_pseudonym, "age": case.age, "sex": case.sex,
+        "body_site": case.body_site, "duration_months": case.duration_months,
+        "changed": case.changed, "bleeding": case.bleeding, "gp_question": case.gp_question,
+        "ai_available": case.ai_available,
+        "risk": None if case.risk_score is None else {
+            "score": case.risk_score, "tier": case.risk_tier, "reasons": case.risk_reasons,
+            "needs_attention": case.needs_attention,
+            "due_at": case.due_at.isoformat() if case.due_at else None},
+        "claimed": case.claimed_by is not None,
+        "images": [{"id": i.id, "kind": i.kind, "media_type": i.media_type, "width": i.width,
+                    "height": i.height, "sha256": i.sha256, "size": i.size}
+                   for i in case.images],
+    }
+    if predictions is not None:
+        out["predictions"] = [{
+            "id": p.id, "image_id": p.image_id, "model": {"name": p.model_name, "version": p.model_version},
+            "bcc_probability": p.bcc_probability, "diagnosis": p.diagnosis,
+            "pattern_probabilities": p.pattern_probabilities, "patterns_present": p.patterns_present,
+            "clinical": p.clinical, "map_numbers": p.map_numbers, "quality": p.quality,
+            "maps": sorted(p.maps),
+        } for p in predictions]
+    return out

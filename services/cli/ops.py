@@ -1,0 +1,188 @@
+"""Operating the product: database, accounts, worker, web server, outbox, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from services.config import ConfigurationError, Settings
+
+DEMO_ACCOUNTS = (("gp", "gp-demo", "gp-demo-pass"),
+                 ("dermatologist", "derm-demo", "derm-demo-pass"),
+                 ("auditor", "audit-demo", "audit-demo-pass"),
+                 ("admin", "admin-demo", "admin-demo-pass"))
+
+
+def settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def runtime():
+    from services.runtime import Runtime
+    return Runtime(settings())
+
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    from services import migrate
+    migrate.upgrade(settings().database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.option("--revision", required=True)
+def db_downgrade(revision: str) -> None:
+    from services import migrate
+    migrate.downgrade(settings().database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@click.group()
+def users() -> None:
+    """Accounts."""
+
+
+@users.command("create")
+@click.option("--role", type=click.Choice(["gp", "dermatologist", "auditor", "admin"]), required=True)
+@click.option("--username", required=True)
+@click.option("--password", required=True, help="At least 8 characters.")
+def users_create(role: str, username: str, password: str) -> None:
+    from services.users import UserError, create_user
+
+    rt = runtime()
+    try:
+        with rt.sessions() as s, s.begin():
+            create_user(s, username, password, role)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"created {role} {username}")
+
+
+def ensure_demo_accounts(rt) -> None:
+    from sqlalchemy import select
+    from services.models import User
+    from services.users import create_user
+
+    with rt.sessions() as s, s.begin():
+        for role, name, password in DEMO_ACCOUNTS:
+            if not s.scalar(select(User).where(User.username == name)):
+                create_user(s, name, password, role)
+
+
+@click.command()
+@click.option("--concurrency", type=int, default=4, show_default=True,
+              help="Threads feeding the model's micro-batcher.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Start the analysis worker (thread pool: one model per process, no fork after load)."""
+    settings()
+    from workers.worker import celery_app
+    celery_app.worker_main(["worker", "-P", "threads", "-c", str(concurrency), "-Q", "analysis",
+                            "--loglevel", loglevel, "-n", f"analysis-{os.getpid()}@%h",
+                            "--without-gossip", "--without-mingle"])
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", 5000)))
+@click.option("--workers", "web_workers", type=int, default=2, show_default=True)
+def web(host: str, port: int, web_workers: int) -> None:
+    """Start the web server (gunicorn)."""
+    settings()
+    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-w", str(web_workers),
+                               "--threads", "4", "-b", f"{host}:{port}", "--access-logfile", "-",
+                               "web.wsgi:app"])
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", 5000)))
+def run(host: str, port: int) -> None:
+    """Migrate, create demo accounts, then run web + worker until Ctrl-C."""
+    s = settings()
+    from services import migrate
+    migrate.upgrade(s.database_url)
+    rt = runtime()
+    if s.env != "production":
+        ensure_demo_accounts(rt)
+    if not s.model_path.exists():
+        raise click.ClickException(f"no model at {s.model_path}: run `dermatriage model build-demo`")
+    exe = [sys.executable, "-m", "services.cli"]
+    children = [subprocess.Popen(exe + ["worker", "--concurrency", "4"]),
+                subprocess.Popen(exe + ["web", "--host", host, "--port", str(port)])]
+    click.echo(f"\nDermaTriage is running at http://{host}:{port}/  (Ctrl-C stops it)")
+    if s.env != "production":
+        click.echo("Demo accounts (username / password):")
+        for role, name, password in DEMO_ACCOUNTS:
+            click.echo(f"  {role:14} {name} / {password}")
+    click.echo(f"Storage: {s.database_url} · objects {s.object_store_url.split('@')[-1]} · broker {s.broker_url}\n")
+
+    def stop(*_):
+        for c in children:
+            if c.poll() is None:
+                c.terminate()
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        for c in children:
+            c.wait(timeout=30)
+
+
+@click.group()
+def jobs() -> None:
+    """Analysis jobs (the outbox)."""
+
+
+@jobs.command("sweep")
+def jobs_sweep() -> None:
+    """Re-send undispatched, lost or stalled analysis jobs once."""
+    from services import jobs as outbox
+    from workers.worker import flask_app
+    from workers.tasks import send_analysis
+    with flask_app.app_context():
+        click.echo(json.dumps(outbox.sweep(flask_app.extensions["dermatriage"], send_analysis)))
+
+
+@click.group()
+def audit() -> None:
+    """Explanation records."""
+
+
+@audit.command("verify")
+@click.option("--skip-objects", is_flag=True, help="Check the hash chain only, not the map objects.")
+@click.option("--json", "as_json", is_flag=True)
+def audit_verify(skip_objects: bool, as_json: bool) -> None:
+    """Re-walk the hash chain and the stored maps; exit 1 at the first broken link."""
+    from services import audit as chain
+    rt = runtime()
+    with rt.sessions() as s:
+        report = chain.verify(s, rt.store, check_objects=not skip_objects)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        click.echo(f"OK: {report.records} records, {report.objects} map objects verified")
+    else:
+        b = report.first_broken
+        click.echo(f"BROKEN at record {b['seq']} (case {b['case_id']}): {b['problem']}")
+    if not report.ok:
+        sys.exit(1)

@@ -1,0 +1,171 @@
+"""The data model (SQLAlchemy 2.0, typed). Alembic migrations in migrations/ create it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, Index, TypeDecorator)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+ROLES = ("gp", "dermatologist", "auditor", "admin")
+SEXES = ("female", "male", "other", "unknown")
+IMAGE_KINDS = ("dermoscopic", "clinical")
+
+# Case lifecycle: received -> analysed | analysis_failed -> claimed.
+CASE_STATUSES = ("received", "analysing", "analysed", "analysis_failed", "claimed")
+# Job lifecycle (the outbox): pending (committed, not yet sent) -> queued (sent to the
+# broker) -> running -> done | failed. The sweeper re-sends pending, lost and stalled jobs.
+JOB_STATUSES = ("pending", "queued", "running", "done", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as UTC, always returned timezone-aware (SQLite would drop the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given; use services.models.utcnow()")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    gp_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    patient_pseudonym: Mapped[str] = mapped_column(String(64))
+    age: Mapped[int] = mapped_column(Integer)
+    sex: Mapped[str] = mapped_column(String(10))
+    body_site: Mapped[str] = mapped_column(String(40))
+    duration_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    changed: Mapped[bool] = mapped_column(Boolean, default=False)
+    bleeding: Mapped[bool] = mapped_column(Boolean, default=False)
+    gp_question: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(20), default="received", index=True)
+    ai_available: Mapped[bool] = mapped_column(Boolean, default=True)
+    risk_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    risk_tier: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    risk_reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    needs_attention: Mapped[bool] = mapped_column(Boolean, default=False)
+    due_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    escalate_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    queued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    images: Mapped[list["CaseImage"]] = relationship(back_populates="case", order_by="CaseImage.position")
+    jobs: Mapped[list["AnalysisJob"]] = relationship(back_populates="case")
+
+    __table_args__ = (Index("ix_cases_queue", "status", "claimed_by", "escalate_at"),)
+
+
+class CaseImage(Base):
+    __tablename__ = "case_images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    object_key: Mapped[str] = mapped_column(String(200), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(40))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+
+    case: Mapped[Case] = relationship(back_populates="images")
+    predictions: Mapped[list["Prediction"]] = relationship(back_populates="image")
+
+
+class AnalysisJob(Base):
+    __tablename__ = "analysis_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dispatches: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="jobs")
+
+
+class Prediction(Base):
+    """One model's analysis of one image; never two for the same image and model version."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    image_id: Mapped[str] = mapped_column(ForeignKey("case_images.id"), index=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    model_name: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(40))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    preprocessing_version: Mapped[str] = mapped_column(String(40))
+    bcc_probability: Mapped[float] = mapped_column(Float)
+    diagnosis: Mapped[str] = mapped_column(String(20))
+    pattern_probabilities: Mapped[dict] = mapped_column(JSON)
+    patterns_present: Mapped[list] = mapped_column(JSON)
+    clinical: Mapped[dict] = mapped_column(JSON)
+    map_numbers: Mapped[dict] = mapped_column(JSON)
+    maps: Mapped[dict] = mapped_column(JSON)          # target -> {key, sha256}
+    quality: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[CaseImage] = relationship(back_populates="predictions")
+
+    __table_args__ = (UniqueConstraint("image_id", "model_name", "model_version",
+                                       name="uq_prediction_image_model"),)
+
+
+class ExplanationRecord(Base):
+    """Append-only, hash-chained audit record of one analysis (triggers forbid changes)."""
+
+    __tablename__ = "explanation_records"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(String(32), index=True)
+    prediction_id: Mapped[str] = mapped_column(String(32), unique=True)
+    payload: Mapped[str] = mapped_column(Text)        # canonical JSON, hashed as stored
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    record_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,1 @@
+"""Celery wiring: thin tasks that call services/ (see services/analysis.py, services/jobs.py)."""
