@@ -5,7 +5,10 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 
 from services.config import Settings
-from services.errors import ServiceError
+from sqlalchemy.exc import OperationalError
+
+from services.errors import NotFound, ServiceError, Unavailable
+from services.storage import ObjectNotFound, StorageError
 from services.runtime import Runtime
 
 
@@ -35,6 +38,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         if request.path.startswith("/api/"):
             return jsonify(exc.to_dict()), exc.status
         return pages.error_page(exc.message, exc.status)
+
+    @app.errorhandler(OperationalError)
+    def database_down(exc):
+        return service_error(Unavailable("the database is unavailable; please retry shortly"))
+
+    @app.errorhandler(StorageError)
+    def storage_down(exc):
+        if isinstance(exc, ObjectNotFound):
+            return service_error(NotFound("the stored file is missing"))
+        return service_error(Unavailable("image storage is unavailable; please retry shortly"))
 
     @app.errorhandler(413)
     def too_large(_):

@@ -1,0 +1,49 @@
+from datetime import datetime, timedelta, timezone
+
+from services.risk import ImageFinding, assess
+
+T0 = datetime(2026, 11, 1, 9, tzinfo=timezone.utc)
+
+
+def finding(p, patterns=(), agree=True, issues=()):
+    return ImageFinding(p, list(patterns), agree, list(issues))
+
+
+def base(**kw):
+    args = dict(bleeding=False, changed=False, body_site="trunk", age=60, received_at=T0)
+    args.update(kw)
+    return args
+
+
+def test_probability_drives_score_and_tier():
+    assert assess([finding(0.9)], **base()).tier == "urgent"
+    assert assess([finding(0.5)], **base()).tier == "routine"
+    low = assess([finding(0.1)], **base())
+    assert low.tier == "low" and low.due_at == T0 + timedelta(days=14)
+
+
+def test_red_flags_and_ulceration_raise_priority():
+    plain = assess([finding(0.5)], **base()).score
+    assert assess([finding(0.5, ["UL"])], **base()).score == plain + 15
+    assert assess([finding(0.5)], **base(bleeding=True, changed=True)).score == plain + 15
+    assert assess([finding(0.5)], **base(body_site="nose", age=85)).score == plain + 15
+
+
+def test_disagreement_and_poor_quality_escalate_never_lower():
+    r = assess([finding(0.05, agree=False)], **base())
+    assert r.needs_attention and r.tier == "routine" and "disagree" in " ".join(r.reasons)
+    high = assess([finding(0.95, agree=False)], **base())
+    assert high.score == assess([finding(0.95)], **base()).score and high.needs_attention
+    q = assess([finding(0.05, issues=["blurred"])], **base())
+    assert q.needs_attention and q.tier == "routine" and "blurred" in " ".join(q.reasons)
+
+
+def test_ai_unavailable_goes_to_manual_review():
+    r = assess([], **base(ai_available=False))
+    assert r.needs_attention and r.score >= 50 and "AI unavailable" in r.reasons[0]
+
+
+def test_highest_image_counts_and_escalation_time_before_deadline():
+    r = assess([finding(0.2), finding(0.8)], **base())
+    assert r.score == 80
+    assert T0 < r.escalate_at < r.due_at

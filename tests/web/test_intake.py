@@ -1,0 +1,147 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from services.models import AnalysisJob, Case, CaseImage
+from services.storage import LocalDiskStore
+
+from ..conftest import encode, token_for
+
+FIELDS = {"patient_pseudonym": "P-001", "age": "71", "sex": "female", "body_site": "nose",
+          "duration_months": "8", "changed": "true", "bleeding": "false",
+          "gp_question": "Pearly papule, BCC?"}
+
+
+def jpeg_with_gps() -> bytes:
+    img = Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}   # GPS IFD
+    exif[0x010F] = "PhoneMaker"
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def counts(stack):
+    rt = stack.runtime()
+    with rt.sessions() as s:
+        n = (s.scalar(select(func.count()).select_from(Case)),
+             s.scalar(select(func.count()).select_from(CaseImage)),
+             s.scalar(select(func.count()).select_from(AnalysisJob)))
+    return n
+
+
+def stored_objects(stack) -> int:
+    store = stack.runtime().store
+    if isinstance(store, LocalDiskStore):
+        return sum(1 for p in store.root.rglob("*") if p.is_file())
+    if not store.client.bucket_exists(store.bucket):
+        return 0
+    return sum(1 for _ in store.client.list_objects(store.bucket, recursive=True))
+
+
+def post_case(client, headers, fields=FIELDS, images=None):
+    images = images if images is not None else [("images", (io.BytesIO(jpeg_with_gps()), "lesion.jpg"))]
+    data = dict(fields)
+    data.update({k: v for k, v in images} if len(images) == 1 else {})
+    if len(images) != 1:
+        data["images"] = [v for _, v in images]
+    return client.post("/api/v1/cases", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def test_submit_stores_case_images_and_job_with_exif_stripped(stack, ham_jpegs):
+    client = stack.app().test_client()
+    h = token_for(client, "gp1")
+    r = post_case(client, h, images=[("images", (io.BytesIO(jpeg_with_gps()), "a.jpg")),
+                                     ("images", (io.BytesIO(ham_jpegs[0]), "b.jpg"))])
+    assert r.status_code == 201, r.json
+    assert r.json["status"] == "received" and len(r.json["id"]) == 32
+    view = client.get(f"/api/v1/cases/{r.json['id']}", headers=h).json
+    assert view["patient_pseudonym"] == "P-001" and view["body_site"] == "nose" and view["changed"] is True
+    assert [i["width"] for i in view["images"]] == [400, 224]
+    rt = stack.runtime()
+    with rt.sessions() as s:
+        imgs = s.scalars(select(CaseImage).order_by(CaseImage.position)).all()
+        job = s.scalar(select(AnalysisJob))
+        assert job.case_id == r.json["id"] and job.status in ("pending", "queued")
+    import hashlib
+    for img in imgs:
+        data = rt.store.get(img.object_key)
+        assert hashlib.sha256(data).hexdigest() == img.sha256 and img.size == len(data)
+        assert not Image.open(io.BytesIO(data)).getexif(), "EXIF metadata must be stripped"
+        assert img.object_key.startswith("images/") and "lesion" not in img.object_key
+    listed = client.get("/api/v1/cases", headers=h).json["cases"]
+    assert [c["id"] for c in listed] == [r.json["id"]]
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"age": "abc"}, "age"), ({"age": "130"}, "age"), ({"sex": "x"}, "sex"),
+    ({"body_site": "moon"}, "body_site"), ({"patient_pseudonym": ""}, "patient_pseudonym"),
+    ({"bleeding": "maybe"}, "bleeding"), ({"duration_months": "-1"}, "duration_months"),
+    ({"gp_question": "x" * 2001}, "gp_question"),
+])
+def test_bad_fields_are_named_and_nothing_is_stored(stack, change, field):
+    client = stack.app().test_client()
+    r = post_case(client, token_for(client, "gp1"), {**FIELDS, **change})
+    assert r.status_code == 422 and r.json["field"] == field and r.json["message"]
+    assert counts(stack) == (0, 0, 0) and stored_objects(stack) == 0
+
+
+@pytest.mark.parametrize("payload,field", [
+    (b"not an image" * 30, "images[1]"),
+    (encode(np.zeros((300, 300, 3), np.uint8), "GIF"), "images[1]"),
+    (encode(np.zeros((30, 30, 3), np.uint8)), "images[1]"),
+])
+def test_bad_image_is_named_and_nothing_is_stored(stack, payload, field):
+    client = stack.app().test_client()
+    r = post_case(client, token_for(client, "gp1"), images=[
+        ("images", (io.BytesIO(jpeg_with_gps()), "ok.jpg")), ("images", (io.BytesIO(payload), "bad.bin"))])
+    assert r.status_code == 422 and r.json["field"] == field and "bad.bin" in r.json["message"]
+    assert counts(stack) == (0, 0, 0) and stored_objects(stack) == 0
+
+
+def test_no_image_and_not_multipart(embedded_stack):
+    client = embedded_stack.app().test_client()
+    h = token_for(client, "gp1")
+    r = post_case(client, h, images=[])
+    assert r.status_code == 422 and r.json["field"] == "images"
+    r = client.post("/api/v1/cases", json=FIELDS, headers=h)
+    assert r.status_code == 422 and "multipart" in r.json["message"]
+
+
+def test_storage_down_gives_503_and_nothing_stored(full_stack, monkeypatch):
+    from ..conftest import free_port
+    from tests.pipeline_support import Stack
+    env = {**full_stack.env, "OBJECT_STORE_URL": f"s3://k:s@127.0.0.1:{free_port()}/gone"}
+    broken = Stack("full", env)
+    client = broken.app().test_client()
+    r = post_case(client, token_for(client, "gp1"))
+    assert r.status_code == 503 and "storage" in r.json["message"]
+    assert counts(full_stack) == (0, 0, 0)
+    assert client.get("/healthz").status_code == 503
+
+
+def test_database_down_gives_503_and_leaves_no_orphan_objects(embedded_stack, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+    from services import cases
+
+    client = embedded_stack.app().test_client()
+    h = token_for(client, "gp1")
+    original = cases.CaseImage
+
+    def broken(**kw):
+        raise OperationalError("INSERT", {}, Exception("database is gone"))
+    monkeypatch.setattr(cases, "CaseImage", broken)
+    r = post_case(client, h)
+    monkeypatch.setattr(cases, "CaseImage", original)
+    assert r.status_code == 503 and "database" in r.json["message"]
+    assert counts(embedded_stack) == (0, 0, 0) and stored_objects(embedded_stack) == 0
+
+
+def test_healthz_ok_when_both_reachable(stack):
+    r = stack.app().test_client().get("/healthz")
+    assert r.status_code == 200 and r.json["checks"] == {"database": "ok", "object_store": "ok"}
