@@ -1,0 +1,102 @@
+"""Faults on the real stack (PostgreSQL, Redis, S3): nothing lost, nothing analysed twice."""
+
+import io
+import shutil
+import signal
+import subprocess
+
+import pytest
+from sqlalchemy import func, select
+
+from services.models import AnalysisJob, Case, CaseImage, ExplanationRecord, Prediction
+from tests.pipeline_support import stop, wait_until
+
+from ..conftest import free_port, token_for, wait_for_port
+
+
+def submit(stack, jpegs):
+    client = stack.app().test_client()
+    r = client.post("/api/v1/cases", headers=token_for(client, "gp1"), content_type="multipart/form-data",
+                    data={"patient_pseudonym": "F-1", "age": "66", "sex": "female", "body_site": "nose",
+                          "images": [(io.BytesIO(j), f"{i}.jpg") for i, j in enumerate(jpegs)]})
+    assert r.status_code == 201, r.json
+    return r.json["id"]
+
+
+def job_of(rt, case_id) -> AnalysisJob:
+    with rt.sessions() as s:
+        return s.scalar(select(AnalysisJob).where(AnalysisJob.case_id == case_id))
+
+
+def assert_analysed_exactly_once(rt, case_id, n_images):
+    with rt.sessions() as s:
+        assert s.get(Case, case_id).status == "analysed"
+        assert s.scalar(select(func.count()).select_from(CaseImage).where(CaseImage.case_id == case_id)) == n_images
+        per_image = s.execute(select(Prediction.image_id, func.count()).where(Prediction.case_id == case_id)
+                              .group_by(Prediction.image_id)).all()
+        assert len(per_image) == n_images and all(n == 1 for _, n in per_image)
+        assert s.scalar(select(func.count()).select_from(ExplanationRecord)
+                        .where(ExplanationRecord.case_id == case_id)) == n_images
+
+
+def test_worker_killed_mid_analysis_case_completes_after_restart(full_stack, ham_jpegs, tmp_path):
+    rt = full_stack.runtime()
+    # The first worker's batcher waits 4 s for company, so the job is surely mid-analysis
+    # (running, nothing stored) when the worker is killed.
+    first = full_stack.start_worker(tmp_path / "w1.log", BATCH_WAIT_MS=4000)
+    try:
+        case_id = submit(full_stack, ham_jpegs[:3])
+        wait_until(lambda: job_of(rt, case_id).status == "running", timeout=60, interval=0.05,
+                   what="the job to start")
+        stop(first, signal.SIGKILL)
+    finally:
+        stop(first, signal.SIGKILL)
+    job = job_of(rt, case_id)
+    with rt.sessions() as s:
+        assert job.status == "running" and s.scalar(select(func.count()).select_from(Prediction)) == 0
+    second = full_stack.start_worker(tmp_path / "w2.log", JOB_LEASE_S=2)
+    try:
+        wait_until(lambda: job_of(rt, case_id).status == "done", timeout=90, what="the job to finish")
+    finally:
+        stop(second)
+    assert_analysed_exactly_once(rt, case_id, 3)
+    assert job_of(rt, case_id).attempts >= 2
+
+
+@pytest.fixture
+def private_redis():
+    """A Redis server of this test's own, so it can be stopped without harming others."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+
+    def start():
+        proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        assert wait_for_port("127.0.0.1", port), "private redis did not start"
+        return proc
+    state = {"proc": start()}
+    yield port, state, start
+    if state["proc"].poll() is None:
+        state["proc"].terminate()
+        state["proc"].wait(10)
+
+
+def test_broker_down_at_submission_case_accepted_and_analysed_once(request, tmp_path, ham_jpegs, private_redis):
+    from tests.conftest import _stack
+    port, state, start = private_redis
+    stack = _stack("full", tmp_path, request, BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    rt = stack.runtime()
+    state["proc"].terminate()
+    state["proc"].wait(10)
+    case_id = submit(stack, ham_jpegs[:2])                 # broker down: still 201
+    job = job_of(rt, case_id)
+    assert job.status == "pending" and job.dispatches == 0
+    state["proc"] = start()                                # broker back
+    worker = stack.start_worker(tmp_path / "w.log")
+    try:
+        wait_until(lambda: job_of(rt, case_id).status == "done", timeout=90, what="the job to finish")
+    finally:
+        stop(worker)
+    assert_analysed_exactly_once(rt, case_id, 2)
+    assert job_of(rt, case_id).dispatches >= 1

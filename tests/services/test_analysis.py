@@ -1,0 +1,142 @@
+"""The worker's use case in-process: idempotent, one prediction per image and model."""
+
+import io
+import threading
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from services import analysis, jobs
+from services.batching import MicroBatcher
+from services.diagnosis.engine import Engine
+from services.models import AnalysisJob, Case, ExplanationRecord, Prediction
+
+from ..conftest import token_for
+from ..web.test_intake import post_case
+
+
+@pytest.fixture
+def engine(pipeline_model):
+    return Engine.load(pipeline_model, "cpu")
+
+
+def model_info(engine):
+    c = engine.card
+    return analysis.ModelInfo(c.name, c.version, c.weights_sha256, dict(c.thresholds), c.bcc_threshold)
+
+
+def submit(stack, images):
+    client = stack.app().test_client()
+    h = token_for(client, "gp1")
+    r = post_case(client, h, images=[("images", (io.BytesIO(b), f"{i}.jpg")) for i, b in enumerate(images)])
+    assert r.status_code == 201, r.json
+    rt = stack.runtime()
+    with rt.sessions() as s:
+        return r.json["id"], s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == r.json["id"]))
+
+
+def test_run_job_analyses_queues_and_records_once(embedded_stack, engine, ham_jpegs):
+    case_id, job_id = submit(embedded_stack, ham_jpegs[:3])
+    rt = embedded_stack.runtime()
+    assert analysis.run_job(rt, job_id, engine.analyse, model_info(engine)) == "done"
+    assert analysis.run_job(rt, job_id, engine.analyse, model_info(engine)) == "skipped"
+    with rt.sessions() as s:
+        case = s.get(Case, case_id)
+        assert case.status == "analysed" and case.risk_tier in ("urgent", "routine", "low")
+        assert case.risk_reasons and case.due_at > case.created_at
+        preds = s.scalars(select(Prediction).where(Prediction.case_id == case_id)).all()
+        assert len(preds) == 3 and all(len(p.maps) == 8 for p in preds)
+        assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 3
+        assert s.get(AnalysisJob, job_id).status == "done"
+    data = rt.store.get(preds[0].maps["AT"]["key"])
+    assert data.startswith(b"\x89PNG")
+
+
+def test_duplicate_delivery_stores_one_prediction(embedded_stack, engine, ham_jpegs):
+    case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
+    rt = embedded_stack.runtime()
+    with rt.sessions() as s:
+        image = s.get(Case, case_id).images[0]
+        image_id, sha = image.id, image.sha256
+    result = engine.analyse([rt.store.get(image.object_key)])[0]
+    for _ in range(2):       # the second one loses on the unique constraint and is skipped
+        analysis._store_prediction(rt, case_id, image_id, sha, result, model_info(engine))
+    with rt.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 1
+        assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 1
+
+
+def test_failing_job_ends_visible_and_case_still_queued(embedded_stack, ham_jpegs):
+    case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
+    rt = embedded_stack.runtime()
+
+    def broken(_):
+        raise RuntimeError("GPU fell off the bus")
+    with pytest.raises(RuntimeError):
+        analysis.run_job(rt, job_id, broken, analysis.ModelInfo("m", "1", "0" * 64, {}, 0.5))
+    analysis.fail_job(rt, job_id, "GPU fell off the bus")
+    with rt.sessions() as s:
+        case, job = s.get(Case, case_id), s.get(AnalysisJob, job_id)
+        assert job.status == "failed" and "GPU" in job.last_error
+        assert case.status == "analysis_failed" and not case.ai_available and case.needs_attention
+        assert case.queued_at is not None and case.risk_score >= 50
+
+
+def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack, ham_jpegs):
+    from datetime import timedelta
+    from services.models import utcnow
+    case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
+    rt = embedded_stack.runtime()
+    sent = []
+    with rt.sessions() as s:
+        assert s.get(AnalysisJob, job_id).status == "queued"     # the intake's own dispatch
+    assert jobs.sweep(rt, sent.append)["sent"] == 0               # not lost yet
+    later = utcnow() + timedelta(seconds=rt.settings.job_lease_s + 10)
+    assert jobs.sweep(rt, sent.append, now=later)["sent"] == 1 and sent == [job_id]
+    with rt.sessions() as s, s.begin():
+        job = s.get(AnalysisJob, job_id)
+        job.status, job.started_at, job.attempts = "running", utcnow() - timedelta(hours=1), 3
+    assert jobs.sweep(rt, sent.append)["failed"] == 1
+    with rt.sessions() as s:
+        assert s.get(Case, case_id).status == "analysis_failed"
+
+    def down(_):
+        raise ConnectionError("broker down")
+    case2, job2 = submit(embedded_stack, ham_jpegs[:1])
+    with rt.sessions() as s, s.begin():
+        s.get(AnalysisJob, job2).status = "pending"       # as if the broker was down at intake
+    assert jobs.sweep(rt, down, now=later)["sent"] == 0
+    with rt.sessions() as s:
+        assert s.get(AnalysisJob, job2).status == "pending"
+
+
+def test_micro_batcher_merges_concurrent_requests():
+    calls = []
+
+    def fn(items):
+        calls.append(len(items))
+        time.sleep(0.01)
+        return [x * 2 for x in items]
+    b = MicroBatcher(fn, max_batch=16, max_wait_ms=100)
+    out = {}
+
+    def work(i):
+        out[i] = b.run([i, i + 100])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert all(out[i] == [2 * i, 2 * (i + 100)] for i in range(6))
+    assert sum(calls) == 12 and max(calls) > 2, calls
+
+
+def test_micro_batcher_hands_errors_to_every_caller():
+    def fn(items):
+        raise ValueError("bad batch")
+    b = MicroBatcher(fn, max_wait_ms=1)
+    with pytest.raises(ValueError, match="bad batch"):
+        b.run([1])
+    b.close()
