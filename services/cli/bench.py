@@ -36,3 +36,33 @@ def explain(batch: int, rounds: int, model_path: Path | None, device: str | None
                    f"full {m['full']:.3f}s  captum {m['captum']:.3f}s")
         click.echo(f"full_over_forward {result['full_over_forward']}  "
                    f"captum_over_full {result['captum_over_full']}")
+
+
+@bench.command("pipeline")
+@click.option("--cases", "n", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--stack", "stacks", type=click.Choice(["embedded", "full", "both"]), default="both",
+              show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/3", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: str, redis_url: str,
+             as_json: bool) -> None:
+    """Intake rate, analysis rate and submit-to-queued latency through the HTTP API."""
+    from services.pipeline_bench import bench_pipeline
+
+    model = model_path or config.model_path()
+    if not model.exists():
+        raise click.ClickException(f"no model at {model}: run `make install`")
+    shared = config.shared_data_dir()
+    if not (shared / "ham10000-224" / "metadata.csv").exists():
+        raise click.ClickException(f"HAM10000 images not found under {shared}")
+    chosen = ["embedded", "full"] if stacks == "both" else [stacks]
+    result = bench_pipeline(n, chosen, model, shared, postgres_admin_url, redis_url)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for r in result["results"]:
+        click.echo(f"{r['stack']}: intake {r['intake_rps']} req/s, analysis {r['analysis_cases_per_s']} "
+                   f"cases/s, latency p50 {r['latency_p50_s']} s p95 {r['latency_p95_s']} s")

@@ -1,0 +1,23 @@
+from click.testing import CliRunner
+
+from services.cli import main
+
+
+def test_users_create_and_errors(embedded_stack):
+    env = embedded_stack.env
+    runner = CliRunner()
+    ok = runner.invoke(main, ["users", "create", "--role", "dermatologist", "--username", "newderm",
+                              "--password", "longenough"], env=env)
+    assert ok.exit_code == 0 and "created dermatologist newderm" in ok.output
+    dup = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "newderm",
+                               "--password", "longenough"], env=env)
+    assert dup.exit_code == 1 and "already exists" in dup.output
+    short = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "x", "--password", "short"], env=env)
+    assert short.exit_code == 1 and "at least 8" in short.output
+    bad_role = runner.invoke(main, ["users", "create", "--role", "king", "--username", "x", "--password", "longenough"], env=env)
+    assert bad_role.exit_code == 2
+
+
+def test_audit_verify_on_an_empty_chain(embedded_stack):
+    result = CliRunner().invoke(main, ["audit", "verify"], env=embedded_stack.env)
+    assert result.exit_code == 0 and "OK: 0 records" in result.output
