@@ -186,14 +186,14 @@ class _Canvas:
         if k == 1 and rng.random() < 0.5:
             ang = rng.uniform(0, 2 * np.pi)
             d = rng.uniform(0.0, 0.3) * r
-            return [(self.cx + d * np.cos(ang), self.cy + d * np.sin(ang), rng.uniform(0.45, 0.6) * r)]
+            return [(self.cx + d * np.cos(ang), self.cy + d * np.sin(ang), rng.uniform(0.55, 0.7) * r)]
         base = rng.uniform(0, 2 * np.pi)
         out = []
         for i in range(k):
             ang = base + 2 * np.pi * i / k + rng.uniform(-0.25, 0.25)
             d = rng.uniform(0.45, 0.55) * r
             out.append((self.cx + d * np.cos(ang), self.cy + d * np.sin(ang),
-                        rng.uniform(0.38, 0.48) * r))
+                        rng.uniform(0.45, 0.55) * r))
         return out
 
     def draw_pattern(self, code: str, region: tuple[float, float, float], strength: float) -> np.ndarray:
@@ -224,9 +224,9 @@ class _Canvas:
 
     def _draw_BO(self, cx, cy, r, area, strength):
         rng = self.rng
-        for _ in range(rng.integers(2, 4)):
+        for _ in range(rng.integers(2, 5)):
             ox, oy = cx + rng.uniform(-0.4, 0.4) * r, cy + rng.uniform(-0.4, 0.4) * r
-            a, b = rng.uniform(0.28, 0.42) * r, rng.uniform(0.16, 0.24) * r
+            a, b = rng.uniform(0.35, 0.5) * r, rng.uniform(0.2, 0.3) * r
             th = rng.uniform(0, np.pi)
             dx, dy = self.xx - ox, self.yy - oy
             u = (dx * np.cos(th) + dy * np.sin(th)) / a
@@ -238,10 +238,10 @@ class _Canvas:
         rng = self.rng
         colour = [rng.uniform(75, 95), rng.uniform(85, 105), rng.uniform(110, 135)]
         scale = self.size / 160
-        for _ in range(rng.integers(10, 20)):
+        for _ in range(rng.integers(14, 26)):
             ang, d = rng.uniform(0, 2 * np.pi), r * np.sqrt(rng.uniform(0, 0.8))
             gx, gy = cx + d * np.cos(ang), cy + d * np.sin(ang)
-            gr = rng.uniform(2.0, 3.2) * scale
+            gr = rng.uniform(2.4, 3.6) * scale
             dot = 1 - _smoothstep(gr - 0.7, gr + 0.7, np.hypot(self.xx - gx, self.yy - gy))
             self.blend(colour, dot * area * strength)
 
@@ -255,8 +255,8 @@ class _Canvas:
         for i in range(n):
             a = out_ang + (i - (n - 1) / 2) * 0.55
             lx, ly = cx + 0.45 * r * np.cos(a), cy + 0.45 * r * np.sin(a)
-            leaf = np.maximum(leaf, self.blob(lx, ly, rng.uniform(0.22, 0.3) * r, wobble=0.1, edge=1.2))
-        stem = self.blob(cx, cy, 0.3 * r, wobble=0.1, edge=1.2)
+            leaf = np.maximum(leaf, self.blob(lx, ly, rng.uniform(0.28, 0.36) * r, wobble=0.1, edge=1.2))
+        stem = self.blob(cx, cy, 0.35 * r, wobble=0.1, edge=1.2)
         self.blend(colour, np.maximum(leaf, stem) * area * strength)
 
     def _draw_SW(self, cx, cy, r, area, strength):
@@ -264,9 +264,9 @@ class _Canvas:
         dist, theta = self.polar(cx, cy)
         spokes = rng.integers(6, 11)
         phase = rng.uniform(0, 2 * np.pi)
-        width = 0.35 * (1 - dist / (0.85 * r)).clip(0, 1)
-        spoke = (np.cos(spokes * theta + phase) > 1 - width) * (dist < 0.85 * r) * (dist > 0.12 * r)
-        hub = 1 - _smoothstep(0.12 * r, 0.2 * r, dist)
+        width = 0.5 * (1 - dist / (0.95 * r)).clip(0, 1)
+        spoke = (np.cos(spokes * theta + phase) > 1 - width) * (dist < 0.95 * r) * (dist > 0.15 * r)
+        hub = 1 - _smoothstep(0.16 * r, 0.24 * r, dist)
         self.blend([rng.uniform(110, 130), rng.uniform(85, 100), rng.uniform(85, 100)], spoke * area * strength)
         self.blend([rng.uniform(60, 80), rng.uniform(40, 50), rng.uniform(35, 45)], hub * area * strength)
 
@@ -289,7 +289,7 @@ class _Canvas:
 
         start_ang = rng.uniform(0, 2 * np.pi)
         sx, sy = cx - 0.7 * r * np.cos(start_ang), cy - 0.7 * r * np.sin(start_ang)
-        grow(sx, sy, start_ang, 0.7 * r, rng.uniform(1.8, 2.6) * scale, 4)
+        grow(sx, sy, start_ang, 0.75 * r, rng.uniform(2.2, 3.0) * scale, 4)
         vessel = np.zeros_like(self.xx)
         for x0, y0, x1, y1, w in segments:
             vessel = np.maximum(vessel, _segment(self.xx, self.yy, x0, y0, x1, y1, w))
