@@ -1,5 +1,4 @@
 from alembic import context
-from sqlalchemy import pool
 
 from services.config import Settings
 from services.db import make_engine

@@ -9,7 +9,7 @@ kombu's filesystem transport, all under ``var/``. Full stack: set DATABASE_URL
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,7 +35,7 @@ class ConfigurationError(RuntimeError):
     """Settings that must not be used (e.g. production with the default secret key)."""
 
 
-def _object_store_url(env) -> str:
+def _object_store_url(env: dict, base: Path) -> str:
     if env.get("OBJECT_STORE_URL"):
         return env["OBJECT_STORE_URL"]
     if env.get("MINIO_ENDPOINT"):
@@ -43,7 +43,7 @@ def _object_store_url(env) -> str:
         return (f"s3://{quote(env.get('MINIO_ACCESS_KEY', ''), safe='')}:"
                 f"{quote(env.get('MINIO_SECRET_KEY', ''), safe='')}@{env['MINIO_ENDPOINT']}/"
                 f"{env.get('MINIO_BUCKET', 'dermatriage')}?secure={secure}")
-    return (data_dir() / "objects").as_uri()
+    return (base / "objects").as_uri()
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ class Settings:
     sweep_interval_s: float = 15.0
     batch_max: int = 16
     batch_wait_ms: float = 25.0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
@@ -74,9 +73,7 @@ class Settings:
             secret_key=env.get("SECRET_KEY", DEFAULT_SECRET_KEY),
             database_url=env.get("DATABASE_URL", f"sqlite:///{base / 'dermatriage.db'}"),
             broker_url=env.get("BROKER_URL", "filesystem://"),
-            object_store_url=_object_store_url({**env, "DERMATRIAGE_DATA_DIR": str(base)})
-            if "OBJECT_STORE_URL" in env or "MINIO_ENDPOINT" in env
-            else (base / "objects").as_uri(),
+            object_store_url=_object_store_url(env, base),
             model_path=Path(env.get("DERMATRIAGE_MODEL_PATH", base / "models" / "demo-bcc.pt")),
             data_dir=base,
             token_max_age_s=int(env.get("TOKEN_MAX_AGE_S", 8 * 3600)),

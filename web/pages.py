@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import (Blueprint, Response, abort, flash, g, redirect, render_template, request,
+from flask import (Blueprint, Response, flash, g, redirect, render_template, request,
                    url_for)
 
 from services import audit, cases, queue, users
