@@ -142,7 +142,9 @@ def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgre
         if name == "embedded":
             results.append(run_stack("embedded", {}, n, images, model))
             continue
+        import logging
         from moto.server import ThreadedMotoServer
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto logs every request
         from sqlalchemy import create_engine, text
         db = f"dermatriage_bench_{uuid.uuid4().hex[:8]}"
         admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
