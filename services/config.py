@@ -100,5 +100,7 @@ class Settings:
         if self.broker_url.startswith("filesystem"):
             folder = self.data_dir / "broker"
             return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
-                    "processed_folder": str(folder / "processed"), "store_processed": False}
+                    "processed_folder": str(folder / "processed"), "store_processed": False,
+                    # kombu would otherwise write its control (pidbox) files into the cwd
+                    "control_folder": str(folder / "control")}
         return {"visibility_timeout": self.job_lease_s * 4}

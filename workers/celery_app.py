@@ -12,7 +12,7 @@ from services.config import Settings
 
 def celery_config(settings: Settings) -> dict:
     options = settings.broker_transport_options
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         if key in options:       # kombu's filesystem transport expects them to exist
             Path(options[key]).mkdir(parents=True, exist_ok=True)
     return {
