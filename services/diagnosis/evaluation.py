@@ -10,6 +10,9 @@ relevance_mass               sum of the map over SA / sum over the image
 relevance_rank               share of the |SA| highest-valued pixels that lie in SA
 density_overlap              overlap of the histograms of z on SA and on DA (1 = the map does
                              not distinguish the region at all)
+
+bcc_map_lesion_share         for true BCCs, the share of the BCC target's map mass that lies on
+                             the lesion (about 0.35 means no focus: the lesion's share of the image)
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ def alignment(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor
 def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
     size = engine.input_size
     data = generate(n, seed, size)
-    probs, per_map, per_map_code = [], {}, []
+    probs, per_map, per_map_code, bcc_share = [], {}, [], []
     for i in range(0, n, batch):
         x = normalise_batch(data.images[i:i + batch])
         out = engine.explain_tensors(x)
         probs.append(out.probabilities.cpu())
+        bcc_maps = out.normalised.cpu()[:, 0].flatten(1)
+        lesion = torch.from_numpy(data.lesion_masks[i:i + batch]).flatten(1).float()
+        share = (bcc_maps * lesion).sum(1) / bcc_maps.sum(1).clamp_min(1e-12)
+        bcc_share.append(share[torch.from_numpy(data.bcc[i:i + batch])])
         present = torch.from_numpy(data.patterns[i:i + batch]).bool()
         img_idx, pat_idx = present.nonzero(as_tuple=True)
         if len(img_idx):
@@ -91,6 +98,9 @@ def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
             "bcc_pattern_found_in_bcc": round(float(supporting[truth].mean()) if truth.any() else 0.0, 4),
             "pn_exclusion_in_non_bcc": round(float((~rule[~truth]).mean()) if (~truth).any() else 0.0, 4),
         },
+        # Share of the BCC map's mass on the (true) lesion, over true BCCs: does the BCC
+        # explanation point at the lesion rather than the skin around it?
+        "bcc_map_lesion_share": round(float(torch.cat(bcc_share).mean()), 4) if truth.any() else None,
     }
     if per_map:
         stats = {k: torch.cat(v) for k, v in per_map.items()}

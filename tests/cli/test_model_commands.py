@@ -22,7 +22,7 @@ def test_evaluate_prints_every_metric_as_json(tmp_path):
     out = json.loads(result.output)
     assert out["n"] == 12 and set(out["bcc"]) >= {"accuracy", "precision", "recall"}
     assert set(out["patterns"]) == {"PN", "UL", "BO", "MG", "ML", "SW", "AT"}
-    assert "head_rule_agreement" in out["clinical_rule"]
+    assert "head_rule_agreement" in out["clinical_rule"] and 0 <= out["bcc_map_lesion_share"] <= 1
     a = out["gradcam_alignment"]
     assert {"mean_inside", "mean_outside", "pointing_game", "relevance_mass", "relevance_rank"} <= set(a)
 

@@ -20,3 +20,28 @@ def test_demo_card_says_synthetic_and_not_for_clinical_use(tmp_path):
     assert "Not for clinical use" in card.intended_use and "synthetic" in card.intended_use
     assert card.training_data["real_patient_images"] == 0
     assert card.metrics["validation"]["pattern_f1"].keys() == card.thresholds.keys()
+
+
+def test_off_lesion_share_is_the_bcc_map_mass_off_the_lesion():
+    import torch
+    from services.diagnosis.network import Architecture, BCCPatternNet
+    from services.diagnosis.gradcam import all_target_cams
+    from services.diagnosis.training import off_lesion_share
+
+    torch.manual_seed(0)
+    model = BCCPatternNet(Architecture(width_mult=0.35, input_size=64)).eval()
+    x = torch.randn(3, 3, 64, 64)
+    features = model.features(x)
+    pooled = features.mean(dim=(2, 3))
+    logits = model.heads(pooled)
+    # The BCC map as served; training leaves out Grad-CAM's 1/HW, so scale it back (the
+    # share is scale-free apart from the epsilon).
+    raw = all_target_cams(model, x).raw[:, 0] * 4
+    lesion = torch.zeros(3, 2, 2)
+    lesion[:, 0, :] = 1
+    expected = ((raw * (1 - lesion)).flatten(1).sum(1) / (raw.flatten(1).sum(1) + 1e-6)).mean()
+    share = off_lesion_share(logits[:, 0], pooled, features, lesion)
+    torch.testing.assert_close(share, expected, rtol=1e-4, atol=1e-6)
+    assert off_lesion_share(logits[:, 0], pooled, features, torch.ones(3, 2, 2)) < 1e-6
+    share.backward()                                   # differentiable, for training
+    assert model.features[0][0].weight.grad is not None
