@@ -17,13 +17,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("DERMATRIAGE_DATA_DIR", PROJECT_ROOT / "var")).resolve()
+def data_dir(env: dict | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("DERMATRIAGE_DATA_DIR", PROJECT_ROOT / "var")).resolve()
 
 
-def model_path() -> Path:
+def model_path(env: dict | None = None) -> Path:
     """Weights file of the model in service; its card sits beside it."""
-    return Path(os.environ.get("DERMATRIAGE_MODEL_PATH", data_dir() / "models" / "demo-bcc.pt"))
+    env = os.environ if env is None else env
+    return Path(env.get("DERMATRIAGE_MODEL_PATH", data_dir(env) / "models" / "demo-bcc.pt"))
 
 
 def shared_data_dir() -> Path:
@@ -67,14 +69,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
         env = dict(os.environ if environ is None else environ)
-        base = Path(env.get("DERMATRIAGE_DATA_DIR", data_dir())).resolve()
+        base = data_dir(env)
         settings = cls(
             env=env.get("DERMATRIAGE_ENV", "development"),
             secret_key=env.get("SECRET_KEY", DEFAULT_SECRET_KEY),
             database_url=env.get("DATABASE_URL", f"sqlite:///{base / 'dermatriage.db'}"),
             broker_url=env.get("BROKER_URL", "filesystem://"),
             object_store_url=_object_store_url(env, base),
-            model_path=Path(env.get("DERMATRIAGE_MODEL_PATH", base / "models" / "demo-bcc.pt")),
+            model_path=model_path(env),
             data_dir=base,
             token_max_age_s=int(env.get("TOKEN_MAX_AGE_S", 8 * 3600)),
             max_task_attempts=int(env.get("MAX_TASK_ATTEMPTS", 3)),

@@ -13,7 +13,7 @@ import logging
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import or_, and_, select, update
+from sqlalchemy import and_, case, or_, select, update
 
 from .analysis import fail_job
 from .models import AnalysisJob, utcnow
@@ -32,13 +32,9 @@ def dispatch(rt: Runtime, job_id: str, send: Callable[[str], None]) -> bool:
     with rt.sessions() as s, s.begin():
         s.execute(update(AnalysisJob).where(AnalysisJob.id == job_id)
                   .values(dispatched_at=utcnow(), dispatches=AnalysisJob.dispatches + 1,
-                          status=_queued_unless_started()))
+                          status=case((AnalysisJob.status == "pending", "queued"),
+                                      else_=AnalysisJob.status)))
     return True
-
-
-def _queued_unless_started():
-    from sqlalchemy import case
-    return case((AnalysisJob.status == "pending", "queued"), else_=AnalysisJob.status)
 
 
 def sweep(rt: Runtime, send: Callable[[str], None], now=None) -> dict:

@@ -13,6 +13,8 @@ from services.runtime import Runtime
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    from workers.celery_app import celery_config, celery_init_app
+
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config.update(
@@ -21,11 +23,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.env == "production",
-        CELERY=__import__("workers.celery_app", fromlist=["celery_config"]).celery_config(settings),
+        CELERY=celery_config(settings),
     )
     app.extensions["dermatriage"] = Runtime(settings)
-
-    from workers.celery_app import celery_init_app
     celery_init_app(app)
 
     from . import api, health, pages
