@@ -1,9 +1,16 @@
-"""Errors of the use cases; web/ maps them to HTTP statuses, the CLI to messages."""
+"""The product's one error model.
+
+Every failure a caller can act on is a ``DermaTriageError``: it carries an HTTP-like
+``status``, a stable ``code`` for API clients, a message a person can act on and, for bad
+input, the ``field`` at fault. web/ translates it once for JSON and once for pages; the CLI
+prints the message. Adapters (database, object store, model files) raise these, never their
+driver's exceptions, so no caller needs to know which library failed.
+"""
 
 from __future__ import annotations
 
 
-class ServiceError(Exception):
+class DermaTriageError(Exception):
     status = 400
     code = "bad_request"
 
@@ -19,26 +26,47 @@ class ServiceError(Exception):
         return out
 
 
-class ValidationError(ServiceError):
+class ValidationError(DermaTriageError):
     status = 422
     code = "invalid"
 
 
-class NotFound(ServiceError):
-    status = 404
-    code = "not_found"
+class Unauthorized(DermaTriageError):
+    status = 401
+    code = "unauthorized"
 
 
-class Forbidden(ServiceError):
+class Forbidden(DermaTriageError):
     status = 403
     code = "forbidden"
 
 
-class Conflict(ServiceError):
+class NotFound(DermaTriageError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DermaTriageError):
     status = 409
     code = "conflict"
 
 
-class Unavailable(ServiceError):
+class Unavailable(DermaTriageError):
+    """A dependency (database, object store, broker) cannot be reached: retry later."""
+
     status = 503
     code = "unavailable"
+
+
+class ConfigurationError(DermaTriageError):
+    """Settings that must not be used (e.g. production with the default secret key)."""
+
+    status = 500
+    code = "misconfigured"
+
+
+class ModelIntegrityError(DermaTriageError):
+    """The weights on disk are not the ones the model card describes, or no model is there."""
+
+    status = 500
+    code = "model_integrity"

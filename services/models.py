@@ -5,19 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, Index, TypeDecorator)
+from enum import StrEnum
+
+from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer,
+                        String, Text, UniqueConstraint, Index, TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ROLES = ("gp", "dermatologist", "auditor", "admin")
-SEXES = ("female", "male", "other", "unknown")
-IMAGE_KINDS = ("dermoscopic", "clinical")
-
-# Case lifecycle: received -> analysed | analysis_failed -> claimed.
-CASE_STATUSES = ("received", "analysing", "analysed", "analysis_failed", "claimed")
-# Job lifecycle (the outbox): pending (committed, not yet sent) -> queued (sent to the
-# broker) -> running -> done | failed. The sweeper re-sends pending, lost and stalled jobs.
-JOB_STATUSES = ("pending", "queued", "running", "done", "failed")
+from .vocabulary import (BodySite, CaseStatus, ImageKind, JobStatus, RiskTier, Role, Sex,
+                         check_in)
 
 
 def utcnow() -> datetime:
@@ -26,7 +21,6 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
 
 
 class UTCDateTime(TypeDecorator):
@@ -46,6 +40,26 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+class Vocabulary(TypeDecorator):
+    """A closed set of values (a ``vocabulary`` enum) stored as its plain string.
+
+    Binding checks the value (a typo fails in Python, before the CHECK constraint would) and
+    always sends the plain string: some drivers would dump an Enum by its member name."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum], length: int = 20):
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
@@ -56,9 +70,11 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(80), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(20))
+    role: Mapped[Role] = mapped_column(Vocabulary(Role))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint(check_in("role", Role), name="ck_users_role"),)
 
 
 class Case(Base):
@@ -68,16 +84,17 @@ class Case(Base):
     gp_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     patient_pseudonym: Mapped[str] = mapped_column(String(64))
     age: Mapped[int] = mapped_column(Integer)
-    sex: Mapped[str] = mapped_column(String(10))
-    body_site: Mapped[str] = mapped_column(String(40))
+    sex: Mapped[Sex] = mapped_column(Vocabulary(Sex, 10))
+    body_site: Mapped[BodySite] = mapped_column(Vocabulary(BodySite, 40))
     duration_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
     changed: Mapped[bool] = mapped_column(Boolean, default=False)
     bleeding: Mapped[bool] = mapped_column(Boolean, default=False)
     gp_question: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(20), default="received", index=True)
+    status: Mapped[CaseStatus] = mapped_column(Vocabulary(CaseStatus), default=CaseStatus.RECEIVED,
+                                               index=True)
     ai_available: Mapped[bool] = mapped_column(Boolean, default=True)
     risk_score: Mapped[float | None] = mapped_column(Float, nullable=True)
-    risk_tier: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    risk_tier: Mapped[RiskTier | None] = mapped_column(Vocabulary(RiskTier, 10), nullable=True)
     risk_reasons: Mapped[list | None] = mapped_column(JSON, nullable=True)
     needs_attention: Mapped[bool] = mapped_column(Boolean, default=False)
     due_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -90,7 +107,13 @@ class Case(Base):
     images: Mapped[list["CaseImage"]] = relationship(back_populates="case", order_by="CaseImage.position")
     jobs: Mapped[list["AnalysisJob"]] = relationship(back_populates="case")
 
-    __table_args__ = (Index("ix_cases_queue", "status", "claimed_by", "escalate_at"),)
+    __table_args__ = (
+        Index("ix_cases_queue", "status", "claimed_by", "escalate_at"),
+        CheckConstraint(check_in("status", CaseStatus), name="ck_cases_status"),
+        CheckConstraint(check_in("sex", Sex), name="ck_cases_sex"),
+        CheckConstraint(check_in("body_site", BodySite), name="ck_cases_body_site"),
+        CheckConstraint(check_in("risk_tier", RiskTier), name="ck_cases_risk_tier"),
+    )
 
 
 class CaseImage(Base):
@@ -105,10 +128,12 @@ class CaseImage(Base):
     media_type: Mapped[str] = mapped_column(String(40))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[ImageKind] = mapped_column(Vocabulary(ImageKind))
 
     case: Mapped[Case] = relationship(back_populates="images")
     predictions: Mapped[list["Prediction"]] = relationship(back_populates="image")
+
+    __table_args__ = (CheckConstraint(check_in("kind", ImageKind), name="ck_case_images_kind"),)
 
 
 class AnalysisJob(Base):
@@ -116,7 +141,8 @@ class AnalysisJob(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    status: Mapped[JobStatus] = mapped_column(Vocabulary(JobStatus), default=JobStatus.PENDING,
+                                              index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     dispatches: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -127,6 +153,8 @@ class AnalysisJob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     case: Mapped[Case] = relationship(back_populates="jobs")
+
+    __table_args__ = (CheckConstraint(check_in("status", JobStatus), name="ck_analysis_jobs_status"),)
 
 
 class Prediction(Base):

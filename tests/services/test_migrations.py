@@ -1,11 +1,16 @@
+import re
+
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import CheckConstraint, create_engine, inspect, text
 
 from services import migrate
+from services.models import Base
 
 
 def test_single_head():
-    assert migrate.heads("sqlite://") == ["0001"]
+    assert migrate.heads("sqlite://") == ["0002"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,5 +48,37 @@ def test_explanation_records_refuse_update_and_delete(db_url):
                 c.execute(text(stmt))
     with engine.connect() as c:
         assert c.execute(text("SELECT payload FROM explanation_records")).scalar() == "{}"
+    engine.dispose()
+    migrate.downgrade(db_url, "base")
+
+
+def _check(sqltext: str) -> tuple[str, frozenset[str]]:
+    """A CHECK ... IN (...) as (column, allowed values), however the database spells it back
+    (PostgreSQL reflects it as `(col)::text = ANY (ARRAY[...])`)."""
+    return re.search(r"[a-z_]+", sqltext).group(0), frozenset(re.findall(r"'([^']*)'", sqltext))
+
+
+def test_models_and_migrations_agree(db_url):
+    """The schema the migrations build is the one the models declare: columns, types,
+    indexes and every vocabulary CHECK constraint."""
+    migrate.downgrade(db_url, "base") if "postgresql" in db_url else None
+    migrate.upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.connect() as c:
+        assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
+    reflected = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        declared = {c.name: _check(str(c.sqltext)) for c in table.constraints
+                    if isinstance(c, CheckConstraint)}
+        found = {c["name"]: _check(c["sqltext"]) for c in reflected.get_check_constraints(table.name)}
+        assert found == declared, table.name
+    with pytest.raises(Exception, match="ck_cases_status|CHECK"):
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO users (username, password_hash, role, active, created_at) "
+                           "VALUES ('u', 'h', 'gp', true, CURRENT_TIMESTAMP)"))
+            c.execute(text("INSERT INTO cases (id, gp_id, patient_pseudonym, age, sex, body_site, "
+                           "changed, bleeding, gp_question, status, ai_available, needs_attention, "
+                           "created_at) SELECT 'c1', id, 'p', 50, 'female', 'back', false, false, '', "
+                           "'lost', true, false, CURRENT_TIMESTAMP FROM users"))
     engine.dispose()
     migrate.downgrade(db_url, "base")

@@ -1,0 +1,94 @@
+"""The product's vocabulary: every closed set of values, once.
+
+Each is a ``StrEnum`` so that members compare equal to the plain strings stored in the
+database and sent over the API. The models declare a CHECK constraint for each (see
+``models.py``); ``tests/services/test_migrations.py`` checks the migrations agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    GP = "gp"
+    DERMATOLOGIST = "dermatologist"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class CaseStatus(StrEnum):
+    """received -> analysing -> analysed | analysis_failed -> claimed."""
+
+    RECEIVED = "received"
+    ANALYSING = "analysing"
+    ANALYSED = "analysed"
+    ANALYSIS_FAILED = "analysis_failed"
+    CLAIMED = "claimed"
+
+
+# Cases a dermatologist can take from the referral queue.
+QUEUED_STATUSES = (CaseStatus.ANALYSED, CaseStatus.ANALYSIS_FAILED)
+
+
+class JobStatus(StrEnum):
+    """The outbox: pending (committed, not yet sent) -> queued (sent to the broker) ->
+    running -> done | failed. The sweeper re-sends pending, lost and stalled jobs."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Sex(StrEnum):
+    FEMALE = "female"
+    MALE = "male"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+class BodySite(StrEnum):
+    SCALP = "scalp"
+    FACE = "face"
+    NOSE = "nose"
+    EAR = "ear"
+    EYELID = "eyelid"
+    LIP = "lip"
+    NECK = "neck"
+    TRUNK = "trunk"
+    BACK = "back"
+    CHEST = "chest"
+    ABDOMEN = "abdomen"
+    UPPER_LIMB = "upper_limb"
+    HAND = "hand"
+    LOWER_LIMB = "lower_limb"
+    FOOT = "foot"
+    GENITAL = "genital"
+    OTHER = "other"
+
+
+# Sites where a BCC's growth does harm sooner (cosmetic and functional): the "H-zone".
+HIGH_RISK_SITES = frozenset({BodySite.NOSE, BodySite.EYELID, BodySite.LIP, BodySite.EAR,
+                             BodySite.FACE})
+
+
+class ImageKind(StrEnum):
+    DERMOSCOPIC = "dermoscopic"
+    CLINICAL = "clinical"
+
+
+class RiskTier(StrEnum):
+    URGENT = "urgent"
+    ROUTINE = "routine"
+    LOW = "low"
+
+
+def values(enum: type[StrEnum]) -> tuple[str, ...]:
+    return tuple(m.value for m in enum)
+
+
+def check_in(column: str, enum: type[StrEnum]) -> str:
+    """SQL for a CHECK constraint that admits exactly the enum's values."""
+    return f"{column} IN ({', '.join(repr(v) for v in values(enum))})"
