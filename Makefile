@@ -12,7 +12,7 @@ install: $(STAMP) tools model migrate
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -c constraints.txt -e '.[build,test]'
 	touch $(STAMP)
 
 # The demo model (synthetic data, not for clinical use) is built once, deterministically.

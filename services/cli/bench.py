@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from services import config
-from .model import _load_engine
+from .model import building, load_engine
 
 
 @click.group()
@@ -24,10 +24,9 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def explain(batch: int, rounds: int, model_path: Path | None, device: str | None, as_json: bool) -> None:
     """Forward-only vs full analysis (8 maps + numbers) vs captum LayerGradCam."""
-    from services.diagnosis.benchmark import bench_explain
-
-    engine = _load_engine(model_path or config.model_path(), device)
-    result = bench_explain(engine, batch=batch, rounds=rounds)
+    explain_bench = building("services.bench.explain")
+    engine = load_engine(model_path or config.model_path(), device)
+    result = explain_bench.bench_explain(engine, batch=batch, rounds=rounds)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -50,8 +49,7 @@ def explain(batch: int, rounds: int, model_path: Path | None, device: str | None
 def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: str, redis_url: str,
              as_json: bool) -> None:
     """Intake rate, analysis rate and submit-to-queued latency through the HTTP API."""
-    from services.pipeline_bench import bench_pipeline
-
+    pipeline_bench = building("services.bench.pipeline")
     model = model_path or config.model_path()
     if not model.exists():
         raise click.ClickException(f"no model at {model}: run `make install`")
@@ -59,7 +57,7 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
     if not (shared / "ham10000-224" / "metadata.csv").exists():
         raise click.ClickException(f"HAM10000 images not found under {shared}")
     chosen = ["embedded", "full"] if stacks == "both" else [stacks]
-    result = bench_pipeline(n, chosen, model, shared, postgres_admin_url, redis_url)
+    result = pipeline_bench.bench_pipeline(n, chosen, model, shared, postgres_admin_url, redis_url)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -9,16 +9,29 @@ from pathlib import Path
 import click
 
 from services import config
+from services.errors import DermaTriageError
 
 
-def _load_engine(path: Path, device: str | None):
-    from services.diagnosis.artifact import ModelIntegrityError
+def load_engine(path: Path, device: str | None):
     from services.diagnosis.engine import Engine
 
     try:
         return Engine.load(path, device)
-    except (FileNotFoundError, ModelIntegrityError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except DermaTriageError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def building(module: str):
+    """Import a model-building module; a clear message when the `build` extra is missing."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("services"):
+            raise
+        raise click.ClickException(
+            f"{exc.name} is not installed: model building needs `pip install 'dermatriage[build]'` "
+            "(make install does this)") from exc
 
 
 @click.group()
@@ -34,13 +47,13 @@ def model() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> None:
     """Train the demo model on synthetic images (CPU, under 15 minutes). Not for clinical use."""
-    from services.diagnosis.training import TrainConfig, build_demo as build
+    demo = building("services.modelling.demo")
 
     out = out or config.model_path()
     if if_missing and out.exists():
         click.echo(f"demo model already present at {out}")
         return
-    build(out, TrainConfig(seed=seed), progress=not quiet, log=click.echo)
+    demo.build_demo(out, demo.TrainConfig(seed=seed), progress=not quiet, log=click.echo)
 
 
 @model.command("evaluate")
@@ -53,10 +66,9 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(model_path: Path | None, n: int, seed: int, device: str | None, as_json: bool) -> None:
     """Diagnosis, pattern, clinical-rule and Grad-CAM alignment metrics."""
-    from services.diagnosis.evaluation import evaluate as run
-
-    engine = _load_engine(model_path or config.model_path(), device)
-    result = run(engine, n, seed)
+    evaluation = building("services.modelling.evaluation")
+    engine = load_engine(model_path or config.model_path(), device)
+    result = evaluation.evaluate(engine, n, seed)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -74,6 +86,6 @@ def evaluate(model_path: Path | None, n: int, seed: int, device: str | None, as_
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
 def card(model_path: Path | None) -> None:
     """Print the model card after checking the weights against it."""
-    engine = _load_engine(model_path or config.model_path(), "cpu")
+    engine = load_engine(model_path or config.model_path(), "cpu")
     json.dump(engine.card.to_dict(), sys.stdout, indent=2)
     click.echo()

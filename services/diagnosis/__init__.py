@@ -1,8 +1,8 @@
-"""The diagnosis engine: pure PyTorch and numpy, no Flask, Celery or database.
+"""The diagnosis engine that workers serve: pure PyTorch and numpy, no Flask, Celery or database.
 
-Entry points: ``Engine.load(path).analyse([image bytes, ...])`` for analysis,
-``training.build_demo`` for the demo model, ``evaluation.evaluate`` for metrics,
-``benchmark.bench_explain`` for timings.
+Network, preprocessing, Grad-CAM, map numbers, clinical rule and the model artifact; entry
+point ``Engine.load(path).analyse([image bytes, ...])``. Building models (training, data,
+evaluation) lives in ``services/modelling``, benchmarks in ``services/bench``.
 """
 
 from .engine import AnalysisResult, Engine, TargetMap

@@ -11,19 +11,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import torch
 
+from ..errors import ModelIntegrityError
 from .network import Architecture, BCCPatternNet
 from .patterns import PATTERNS
 
 CARD_SUFFIX = ".card.json"
-
-
-class ModelIntegrityError(RuntimeError):
-    """The weights on disk are not the ones the model card describes."""
+__all__ = ["CARD_SUFFIX", "LoadedModel", "ModelCard", "ModelIntegrityError", "card_path", "load",
+           "save", "sha256_file"]
 
 
 @dataclass
@@ -51,12 +51,12 @@ class ModelCard:
         known = {f for f in cls.__dataclass_fields__}
         missing = known - set(d) - {"extra", "created_at", "clinical_use"}
         if missing:
-            raise ValueError(f"model card lacks {', '.join(sorted(missing))}")
+            raise ModelIntegrityError(f"model card lacks {', '.join(sorted(missing))}")
         card = cls(**{k: v for k, v in d.items() if k in known})
         if list(card.patterns) != list(PATTERNS):
-            raise ValueError(f"model card patterns {card.patterns} differ from {list(PATTERNS)}")
+            raise ModelIntegrityError(f"model card patterns {card.patterns} differ from {list(PATTERNS)}")
         if set(card.thresholds) != set(PATTERNS):
-            raise ValueError("model card needs one threshold per pattern")
+            raise ModelIntegrityError("model card needs one threshold per pattern")
         return card
 
 
@@ -107,16 +107,19 @@ def load(weights: Path, device: str | torch.device = "cpu") -> LoadedModel:
     weights = Path(weights)
     cpath = card_path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"no model weights at {weights}")
+        raise ModelIntegrityError(f"no model weights at {weights}")
     if not cpath.is_file():
-        raise FileNotFoundError(f"no model card at {cpath}")
+        raise ModelIntegrityError(f"no model card at {cpath}")
     card = ModelCard.from_dict(json.loads(cpath.read_text()))
     actual = sha256_file(weights)
     if actual != card.weights_sha256:
         raise ModelIntegrityError(
             f"refusing to load {weights}: its sha256 is {actual}, the model card says "
             f"{card.weights_sha256}")
-    model = BCCPatternNet(Architecture.from_dict(card.architecture))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        model = BCCPatternNet(Architecture.from_dict(card.architecture))
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ModelIntegrityError(f"cannot load {weights}: {exc}") from exc
     model.eval().to(device)
     return LoadedModel(model=model, card=card, path=weights)

@@ -52,9 +52,6 @@ class AnalysisResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     input_rgb: np.ndarray | None = None   # (S, S, 3) uint8: the crop the maps refer to
 
-    def map_for(self, target: str) -> TargetMap:
-        return self.maps[TARGETS.index(target)]
-
     def summary(self) -> dict:
         """Everything but the map arrays: what the database and audit record keep."""
         return {

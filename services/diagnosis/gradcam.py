@@ -29,6 +29,18 @@ class CamOutput:
     peak_raw: Tensor      # (B, T) max of raw: the absolute strength behind each normalised map
 
 
+def signed_cams(features: Tensor, d_logits_d_pooled: Tensor) -> Tensor:
+    """The Grad-CAM formula, once: (B, C, h, w) features and (B, T, C) gradients of T target
+    logits with respect to the pooled vector -> (B, T, h, w) maps before the ReLU.
+
+    a_k = dy/dA^k_ij averaged over positions = (1/hw) dy/dp_k, because p = mean_ij A. It is
+    differentiable, so training can shape the maps it would serve."""
+    b, _, h, w = features.shape
+    weights = d_logits_d_pooled / (h * w)
+    # (B,T,C) x (B,C,h*w) -> (B,T,h,w): one batched matmul over images and targets.
+    return torch.bmm(weights, features.flatten(2)).view(b, -1, h, w)
+
+
 def head_jacobian(model: BCCPatternNet, pooled: Tensor) -> tuple[Tensor, Tensor]:
     """Logits (B, T) and d logit_t / d pooled (B, T, C), through the heads only."""
     with torch.enable_grad():
@@ -48,12 +60,9 @@ def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None
     # and the maps' numbers are reported to four decimals).
     with torch.autocast(device_type=x.device.type, enabled=False):
         features = features.float().contiguous()
-        h, w = features.shape[-2:]
         pooled = features.mean(dim=(2, 3))
         logits, jac = head_jacobian(model, pooled)
-        weights = jac / (h * w)
-        # (B,T,C) x (B,C,h*w) -> (B,T,h,w): one batched matmul over images and targets.
-        signed = torch.bmm(weights, features.flatten(2)).view(x.shape[0], -1, h, w)
+        signed = signed_cams(features, jac)
         raw = torch.relu(signed)
         size = out_size or x.shape[-1]
         up = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)

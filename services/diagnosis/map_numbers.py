@@ -29,6 +29,8 @@ from dataclasses import dataclass, asdict
 import torch
 from torch import Tensor
 
+from .metrics import region_stats
+
 HOT_LEVEL = 0.5
 
 
@@ -57,11 +59,8 @@ def map_numbers(normalised: Tensor, peak_raw: Tensor, probabilities: Tensor,
     b, t, s, _ = normalised.shape
     flat = normalised.flatten(2)                         # (B,T,N)
     les = lesion.flatten(1).float()[:, None, :]         # (B,1,N)
-    n_in = les.sum(-1).clamp_min(1.0)
-    n_out = (1 - les).sum(-1).clamp_min(1.0)
-    mass = flat.sum(-1)
-    mass_in = (flat * les).sum(-1)
-    lesion_share = torch.where(mass > 0, mass_in / mass.clamp_min(1e-12), torch.zeros_like(mass))
+    on_lesion = region_stats(flat, les)
+    lesion_share = on_lesion["relevance_mass"]
     arg = flat.argmax(-1)
     peak_x = ((arg % s).float() + 0.5) / s
     peak_y = ((arg // s).float() + 0.5) / s
@@ -70,7 +69,7 @@ def map_numbers(normalised: Tensor, peak_raw: Tensor, probabilities: Tensor,
     hot_in = torch.where(hot_n > 0, (hot * les).sum(-1) / hot_n.clamp_min(1.0), torch.zeros_like(hot_n))
     out = torch.stack([
         peak_raw.float(), peak_x, peak_y, lesion_share,
-        mass_in / n_in, (mass - mass_in) / n_out,
+        on_lesion["mean_inside"], on_lesion["mean_outside"],
         hot_n / (s * s), hot_in, probabilities.float() * lesion_share,
     ], dim=-1)
     return out

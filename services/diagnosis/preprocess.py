@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ValidationError
+
 PREPROCESSING_VERSION = "dt-pre-1"
 ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
 MAX_BYTES = 25 * 1024 * 1024
@@ -32,13 +34,12 @@ EXPOSURE_HIGH = 0.88
 CLIPPED_MAX = 0.25
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ValidationError):
     """An upload that cannot be analysed; ``code`` is stable for API error bodies."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(message, field)
         self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import sys
 from click.testing import CliRunner
 
 from services.cli import main
-from tests.diagnosis.conftest import make_card, random_model
+from tests.factories import make_card, random_model
 from services.diagnosis import artifact
 
 

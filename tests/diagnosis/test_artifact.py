@@ -5,7 +5,7 @@ import torch
 
 from services.diagnosis import artifact
 
-from .conftest import make_card, random_model
+from tests.factories import make_card, random_model
 
 
 def test_round_trip_keeps_weights_and_card(tmp_path):
@@ -34,8 +34,8 @@ def test_missing_card_or_bad_card_is_refused(tmp_path):
     card = json.loads(cpath.read_text())
     del card["thresholds"]["AT"]
     cpath.write_text(json.dumps(card))
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(artifact.ModelIntegrityError, match="threshold"):
         artifact.load(tmp_path / "m.pt")
     cpath.unlink()
-    with pytest.raises(FileNotFoundError, match="model card"):
+    with pytest.raises(artifact.ModelIntegrityError, match="model card"):
         artifact.load(tmp_path / "m.pt")

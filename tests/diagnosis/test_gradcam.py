@@ -5,7 +5,7 @@ from captum.attr import LayerGradCam, LayerAttribution
 from services.diagnosis.gradcam import all_target_cams
 from services.diagnosis.network import Architecture
 
-from .conftest import random_model
+from tests.factories import random_model
 
 
 @pytest.mark.parametrize("arch", [

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from services.diagnosis.preprocess import (MAX_PIXELS, PREPROCESSING_VERSION, ImageDecodeError,
+from services.diagnosis.preprocess import (PREPROCESSING_VERSION, ImageDecodeError,
                                            measure_quality, prepare)
 
-from ..conftest import encode
+from tests.factories import encode
 
 
 def gradient(w=120, h=80) -> np.ndarray:
@@ -79,8 +79,12 @@ def test_malformed_input_raises_typed_error(data, code):
     assert info.value.message
 
 
-def test_bomb_limit_is_above_real_photos():
-    assert MAX_PIXELS >= 24_000_000      # a 24-megapixel phone or dermatoscope photo is fine
+def test_a_24_megapixel_photo_is_accepted_and_prepared():
+    # A phone or dermatoscope photo must pass the decompression-bomb guard.
+    rgb = np.zeros((4000, 6000, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 6000, dtype=np.uint8)[None, :]
+    p = prepare(encode(rgb, "JPEG", quality=50), 64)
+    assert (p.width, p.height) == (6000, 4000) and p.rgb.shape == (64, 64, 3)
 
 
 def test_quality_flags_blur_and_exposure_on_real_images(ham_jpegs):

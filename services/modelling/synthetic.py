@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .patterns import PATTERNS, rule_says_bcc
+from ..diagnosis.patterns import PATTERNS, rule_says_bcc
 
 KINDS = ("bcc", "bcc_faint", "nevus_pn", "mimic", "plain")
 KIND_P = (0.36, 0.14, 0.25, 0.15, 0.10)

@@ -1,5 +1,5 @@
 from services.diagnosis import artifact
-from services.diagnosis.training import TrainConfig, build_demo
+from services.modelling.demo import TrainConfig, build_demo
 
 TINY = dict(n_train=48, n_val=32, epochs=1, batch_size=16, width_mult=0.35, input_size=64)
 
@@ -26,7 +26,7 @@ def test_off_lesion_share_is_the_bcc_map_mass_off_the_lesion():
     import torch
     from services.diagnosis.network import Architecture, BCCPatternNet
     from services.diagnosis.gradcam import all_target_cams
-    from services.diagnosis.training import off_lesion_share
+    from services.modelling.demo import off_lesion_share
 
     torch.manual_seed(0)
     model = BCCPatternNet(Architecture(width_mult=0.35, input_size=64)).eval()
@@ -34,12 +34,12 @@ def test_off_lesion_share_is_the_bcc_map_mass_off_the_lesion():
     features = model.features(x)
     pooled = features.mean(dim=(2, 3))
     logits = model.heads(pooled)
-    # The BCC map as served; training leaves out Grad-CAM's 1/HW, so scale it back (the
-    # share is scale-free apart from the epsilon).
-    raw = all_target_cams(model, x).raw[:, 0] * 4
+    # The BCC map as served: training builds it with the same formula (gradcam.signed_cams).
+    raw = all_target_cams(model, x).raw[:, 0]
     lesion = torch.zeros(3, 2, 2)
     lesion[:, 0, :] = 1
-    expected = ((raw * (1 - lesion)).flatten(1).sum(1) / (raw.flatten(1).sum(1) + 1e-6)).mean()
+    assert (raw.flatten(1).sum(1) > 0).all()
+    expected = ((raw * (1 - lesion)).flatten(1).sum(1) / raw.flatten(1).sum(1)).mean()
     share = off_lesion_share(logits[:, 0], pooled, features, lesion)
     torch.testing.assert_close(share, expected, rtol=1e-4, atol=1e-6)
     assert off_lesion_share(logits[:, 0], pooled, features, torch.ones(3, 2, 2)) < 1e-6

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.diagnosis.evaluation import evaluate
+from services.modelling.evaluation import evaluate
 
 
 @pytest.mark.demo_model

@@ -1,7 +1,7 @@
 import numpy as np
 
 from services.diagnosis.patterns import PATTERNS, rule_says_bcc
-from services.diagnosis.synthetic import KINDS, generate, generate_case
+from services.modelling.synthetic import KINDS, generate, generate_case
 
 
 def test_same_seed_same_images_other_seed_other_images():

@@ -13,9 +13,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .engine import Engine
-from .preprocess import normalise_batch
-from .synthetic import generate
+from ..diagnosis.engine import Engine
+from ..diagnosis.preprocess import normalise_batch
+from ..modelling.synthetic import generate
 
 
 def captum_maps(engine: Engine, x: torch.Tensor) -> torch.Tensor:

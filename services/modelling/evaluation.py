@@ -2,14 +2,9 @@
 
 Explanation alignment follows SCIENCE.md s.4. For every image and every pattern truly
 present, the normalised Grad-CAM map of that pattern's target is compared with the
-pattern's ground-truth mask SA (the whole image is DA):
-
-mean_inside / mean_outside   mean normalised value on SA and off it (paper: 0.57 / 0.16)
-pointing_game                share of maps whose maximum falls in SA
-relevance_mass               sum of the map over SA / sum over the image
-relevance_rank               share of the |SA| highest-valued pixels that lie in SA
-density_overlap              overlap of the histograms of z on SA and on DA (1 = the map does
-                             not distinguish the region at all)
+pattern's ground-truth mask SA (the whole image is DA), with the measures defined in
+``diagnosis/metrics.py`` (mean inside/outside, pointing game, relevance mass and rank,
+density overlap), averaged over maps.
 
 bcc_map_lesion_share         for true BCCs, the share of the BCC target's map mass that lies on
                              the lesion (about 0.35 means no focus: the lesion's share of the image)
@@ -20,35 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .engine import Engine
-from .patterns import PATTERNS, rule_says_bcc
-from .preprocess import normalise_batch
+from ..diagnosis.engine import Engine
+from ..diagnosis.metrics import alignment, f1, region_stats
+from ..diagnosis.patterns import PATTERNS, rule_says_bcc
+from ..diagnosis.preprocess import normalise_batch
 from .synthetic import generate
-from .training import f1
-
-
-def alignment(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-map alignment figures for (M, S, S) maps in [0, 1] and (M, S, S) bool masks."""
-    flat = maps.flatten(1).float()
-    m = masks.flatten(1).float()
-    n_in = m.sum(1).clamp_min(1)
-    n_out = (1 - m).sum(1).clamp_min(1)
-    inside = (flat * m).sum(1) / n_in
-    outside = (flat * (1 - m)).sum(1) / n_out
-    pointing = m.gather(1, flat.argmax(1, keepdim=True)).squeeze(1)
-    mass = (flat * m).sum(1) / flat.sum(1).clamp_min(1e-12)
-    order = flat.argsort(1, descending=True)
-    ranked_in = m.gather(1, order)
-    k = m.sum(1).long()
-    positions = torch.arange(flat.shape[1])[None, :]
-    rank = (ranked_in * (positions < k[:, None])).sum(1) / n_in
-    bins = 20
-    hist_in = torch.stack([torch.histc(f[mm > 0], bins, 0, 1) for f, mm in zip(flat, m)])
-    hist_all = torch.stack([torch.histc(f, bins, 0, 1) for f in flat])
-    overlap = torch.minimum(hist_in / hist_in.sum(1, keepdim=True).clamp_min(1),
-                            hist_all / hist_all.sum(1, keepdim=True)).sum(1)
-    return {"mean_inside": inside, "mean_outside": outside, "pointing_game": pointing,
-            "relevance_mass": mass, "relevance_rank": rank, "density_overlap": overlap}
 
 
 def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
@@ -60,8 +31,8 @@ def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
         out = engine.explain_tensors(x)
         probs.append(out.probabilities.cpu())
         bcc_maps = out.normalised.cpu()[:, 0].flatten(1)
-        lesion = torch.from_numpy(data.lesion_masks[i:i + batch]).flatten(1).float()
-        share = (bcc_maps * lesion).sum(1) / bcc_maps.sum(1).clamp_min(1e-12)
+        lesion = torch.from_numpy(data.lesion_masks[i:i + batch]).flatten(1)
+        share = region_stats(bcc_maps, lesion)["relevance_mass"]
         bcc_share.append(share[torch.from_numpy(data.bcc[i:i + batch])])
         present = torch.from_numpy(data.patterns[i:i + batch]).bool()
         img_idx, pat_idx = present.nonzero(as_tuple=True)

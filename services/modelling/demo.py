@@ -31,10 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import artifact
-from .network import Architecture, BCCPatternNet
-from .patterns import PATTERNS
-from .preprocess import PREPROCESSING_VERSION, normalise_batch
+from ..diagnosis import artifact
+from ..diagnosis.gradcam import signed_cams
+from ..diagnosis.metrics import f1, region_stats
+from ..diagnosis.network import Architecture, BCCPatternNet
+from ..diagnosis.patterns import PATTERNS
+from ..diagnosis.preprocess import PREPROCESSING_VERSION, normalise_batch
 from .synthetic import SyntheticSet, concat, generate
 
 DEMO_NAME = "dermatriage-demo-bcc"
@@ -109,13 +111,13 @@ def off_lesion_share(bcc_logit: torch.Tensor, pooled: torch.Tensor, features: to
     """Share of the BCC target's Grad-CAM mass that lies off the lesion, differentiably.
 
     Without it the BCC head learns partly from the skin around lesions (its maps light the
-    background), which is no explanation a dermatologist can use. The map is built exactly
-    as in gradcam.py, from the heads' gradient with respect to the pooled vector."""
-    weights = torch.autograd.grad(bcc_logit.sum(), pooled, create_graph=True)[0]
-    cam = torch.relu(torch.einsum("bc,bchw->bhw", weights, features))
-    total = cam.flatten(1).sum(1)
-    off = (cam * (1 - lesion)).flatten(1).sum(1)
-    return (off / (total + 1e-6)).mean()
+    background), which is no explanation a dermatologist can use. The map is the served one
+    (gradcam.signed_cams), from the heads' gradient with respect to the pooled vector."""
+    grads = torch.autograd.grad(bcc_logit.sum(), pooled, create_graph=True)[0]
+    cam = torch.relu(signed_cams(features, grads[:, None, :]))[:, 0].flatten(1)
+    on_lesion = region_stats(cam, lesion.flatten(1))["relevance_mass"]
+    # An empty map puts nothing off the lesion (and has no gradient to follow anyway).
+    return torch.where(cam.sum(1) > 0, 1 - on_lesion, torch.zeros_like(on_lesion)).mean()
 
 
 def feature_masks(pattern_masks: np.ndarray, stride: int) -> torch.Tensor:
@@ -154,13 +156,6 @@ def best_thresholds(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         f1s = [f1(labels[:, j], probs[:, j] >= t) for t in grid]
         out[code] = float(grid[int(np.argmax(f1s))])
     return out
-
-
-def f1(truth: np.ndarray, pred: np.ndarray) -> float:
-    tp = float(np.sum(truth.astype(bool) & pred))
-    fp = float(np.sum(~truth.astype(bool) & pred))
-    fn = float(np.sum(truth.astype(bool) & ~pred))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def predict(model: BCCPatternNet, images: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -245,7 +240,7 @@ def build_demo(out: Path, config: TrainConfig = TrainConfig(), progress: bool = 
         preprocessing_version=PREPROCESSING_VERSION, patterns=list(PATTERNS),
         thresholds=thresholds, bcc_threshold=0.5,
         training_data={
-            "source": "synthetic (services/diagnosis/synthetic.py)",
+            "source": "synthetic (services/modelling/synthetic.py)",
             "train_images": config.n_train, "validation_images": config.n_val,
             "seed": config.seed, "validation_seed": config.seed + VALIDATION_SEED_OFFSET,
             "real_patient_images": 0,

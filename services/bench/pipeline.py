@@ -1,0 +1,168 @@
+"""End-to-end pipeline benchmark: real HTTP intake, a real worker, real images.
+
+For each stack it starts the web server (gunicorn) and an analysis worker as separate
+processes on a fresh database, submits N cases with HAM10000 images through the JSON API
+from a few client threads, and waits until every case is queued. Figures:
+intake_rps            cases accepted per second of client wall time
+analysis_cases_per_s  cases queued per second, first submission to last queued
+latency_p50/p95_s     submit-to-queued time per case (server clock: created_at -> queued_at)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..config import PROJECT_ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(shared: Path, n: int) -> list[bytes]:
+    folder = shared / "ham10000-224"
+    rows = list(csv.DictReader(open(folder / "metadata.csv")))
+    return [(folder / "images" / f"{r['image_id']}.jpg").read_bytes() for r in rows[:n]]
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    import requests
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def run_stack(name: str, env_extra: dict, n: int, images: list[bytes], model: Path,
+              clients: int = 4) -> dict:
+    import requests
+    from sqlalchemy import select
+    from .. import migrate
+    from ..config import Settings
+    from ..models import Case
+    from ..runtime import Runtime
+    from ..users import create_user
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"dt-bench-{name}-"))
+    env = {**os.environ, "DERMATRIAGE_DATA_DIR": str(tmp), "DERMATRIAGE_MODEL_PATH": str(model),
+           "SECRET_KEY": uuid.uuid4().hex * 2, "SWEEP_INTERVAL_S": "2", **env_extra}
+    settings = Settings.from_env(env)
+    migrate.upgrade(settings.database_url)
+    rt = Runtime(settings)
+    with rt.transaction() as s:
+        create_user(s, "bench-gp", "bench-password", "gp")
+    port = _free_port()
+    cli = [sys.executable, "-m", "services.cli"]
+    logs = open(tmp / "processes.log", "ab")
+    procs = [subprocess.Popen(cli + ["web", "--port", str(port), "--workers", "2"], env=env, cwd=PROJECT_ROOT,
+                              stdout=logs, stderr=subprocess.STDOUT, start_new_session=True),
+             subprocess.Popen(cli + ["worker", "--concurrency", "8", "--loglevel", "WARNING"], env=env,
+                              cwd=PROJECT_ROOT, stdout=logs, stderr=subprocess.STDOUT, start_new_session=True)]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(base + "/healthz")
+        token = requests.post(base + "/api/v1/auth/token",
+                              json={"username": "bench-gp", "password": "bench-password"}).json()["token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        # Warm the worker (model load) with one case outside the measurement.
+        session = requests.Session()
+
+        def submit(i: int) -> str:
+            r = session.post(base + "/api/v1/cases", headers=headers, timeout=60,
+                             data={"patient_pseudonym": f"B{i}", "age": "60", "sex": "female",
+                                   "body_site": "back"},
+                             files={"images": (f"{i}.jpg", images[i % len(images)], "image/jpeg")})
+            r.raise_for_status()
+            return r.json()["id"]
+
+        warm = submit(10_000)
+        _wait_status(rt, [warm], 120)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            ids = list(pool.map(submit, range(n)))
+        intake_s = time.perf_counter() - t0
+        _wait_status(rt, ids, 600)
+        with rt.read() as s:
+            rows = s.execute(select(Case.created_at, Case.queued_at).where(Case.id.in_(ids))).all()
+        lat = sorted((q - c).total_seconds() for c, q in rows)
+        span = (max(q for _, q in rows) - min(c for c, _ in rows)).total_seconds()
+        return {"stack": name, "cases": n, "client_threads": clients,
+                "intake_rps": round(n / intake_s, 2),
+                "analysis_cases_per_s": round(n / span, 2),
+                "latency_p50_s": round(statistics.median(lat), 3),
+                "latency_p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3)}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def _wait_status(rt, ids: list[str], timeout: float) -> None:
+    from sqlalchemy import func, select
+    from ..models import Case
+    end = time.time() + timeout
+    while time.time() < end:
+        with rt.read() as s:
+            done = s.scalar(select(func.count()).select_from(Case).where(
+                Case.id.in_(ids), Case.queued_at.is_not(None)))
+        if done == len(ids):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"only {done} of {len(ids)} cases were queued within {timeout}s")
+
+
+def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgres_admin_url: str,
+                   redis_url: str) -> dict:
+    images = _images(shared, max(n, 50))
+    results = []
+    for name in stacks:
+        if name == "embedded":
+            results.append(run_stack("embedded", {}, n, images, model))
+            continue
+        import logging
+        from moto.server import ThreadedMotoServer
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto logs every request
+        from sqlalchemy import create_engine, text
+        db = f"dermatriage_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{db}"'))
+        s3_port = _free_port()
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+        moto.start()
+        try:
+            results.append(run_stack("postgres+redis+s3(moto)", {
+                "DATABASE_URL": postgres_admin_url.rsplit("/", 1)[0] + f"/{db}",
+                "BROKER_URL": redis_url,
+                "OBJECT_STORE_URL": f"s3://bench:bench@127.0.0.1:{s3_port}/bench"}, n, images, model))
+        finally:
+            moto.stop()
+            with admin.connect() as c:
+                c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))
+                c.execute(text(f'DROP DATABASE IF EXISTS "{db}"'))
+            admin.dispose()
+    return {"results": results, "note": "2 gunicorn workers x 4 threads, 1 worker process x 8 threads, "
+                                        "micro-batched CPU inference; latency = created_at -> queued_at"}
