@@ -12,25 +12,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import socket
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import audit, risk
-from .diagnosis.engine import AnalysisResult
-from .diagnosis.render import overlay_png
+from .errors import Unavailable
 from .models import AnalysisJob, Case, CaseImage, Prediction, utcnow
 from .runtime import Runtime
 from .storage import StorageError
+from .vocabulary import CaseStatus, ImageKind, JobStatus
+
+if TYPE_CHECKING:
+    from .batching import MicroBatcher
+    from .diagnosis.engine import AnalysisResult
 
 log = logging.getLogger(__name__)
 
 # Errors worth retrying: the database or object store was briefly unreachable.
-TRANSIENT = (OperationalError, StorageError, ConnectionError, TimeoutError)
+TRANSIENT = (Unavailable, OperationalError, StorageError, ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,43 @@ class ModelInfo:
     bcc_threshold: float
 
 
+@dataclass
+class Analyser:
+    """The model a worker process serves, behind its micro-batcher."""
+
+    batcher: "MicroBatcher"
+    model: ModelInfo
+
+    def analyse(self, images: list[bytes]) -> list["AnalysisResult"]:
+        return self.batcher.run(images)
+
+
+_analyser_lock = threading.Lock()
+
+
+def load_analyser(rt: Runtime) -> Analyser:
+    """The process's engine, loaded on first use and kept on the runtime.
+
+    Loaded lazily inside the worker process (never in a parent that forks), so CUDA is
+    initialised only where it is used."""
+    with _analyser_lock:
+        loaded = getattr(rt, "_analyser", None)
+        if loaded is None:
+            from .batching import MicroBatcher
+            from .diagnosis.engine import Engine
+
+            engine = Engine.load(rt.settings.model_path)
+            card = engine.card
+            loaded = Analyser(MicroBatcher(engine.analyse, rt.settings.batch_max,
+                                           rt.settings.batch_wait_ms),
+                              ModelInfo(card.name, card.version, card.weights_sha256,
+                                        dict(card.thresholds), card.bcc_threshold))
+            rt._analyser = loaded
+            log.info("model %s %s loaded on %s", card.name, card.version, engine.device)
+    return loaded
+
+
 def worker_name() -> str:
-    import os
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -51,35 +92,35 @@ def start_job(rt: Runtime, job_id: str, now=None) -> bool:
     """Mark the job running; False if there is nothing to do (done, failed, or being run
     by a live worker right now)."""
     now = now or utcnow()
-    with rt.sessions() as s, s.begin():
+    with rt.transaction() as s:
         job = s.scalar(select(AnalysisJob).where(AnalysisJob.id == job_id).with_for_update())
         if job is None:
             log.warning("job %s does not exist", job_id)
             return False
-        if job.status in ("done", "failed"):
+        if job.status in (JobStatus.DONE, JobStatus.FAILED):
             return False
         lease = timedelta(seconds=rt.settings.job_lease_s)
-        if job.status == "running" and job.started_at and now - job.started_at < lease:
+        if job.status == JobStatus.RUNNING and job.started_at and now - job.started_at < lease:
             return False
-        job.status, job.started_at, job.worker = "running", now, worker_name()
+        job.status, job.started_at, job.worker = JobStatus.RUNNING, now, worker_name()
         job.attempts += 1
-        s.get(Case, job.case_id).status = "analysing"
+        s.get(Case, job.case_id).status = CaseStatus.ANALYSING
     return True
 
 
-def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list[AnalysisResult]],
+def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list["AnalysisResult"]],
             model: ModelInfo) -> str:
     """Analyse every dermoscopic image of the job's case not yet analysed by this model."""
     if not start_job(rt, job_id):
         return "skipped"
-    with rt.sessions() as s:
+    with rt.read() as s:
         job = s.get(AnalysisJob, job_id)
         case_id = job.case_id
         done = set(s.scalars(select(Prediction.image_id).where(
             Prediction.case_id == case_id, Prediction.model_name == model.name,
             Prediction.model_version == model.version)))
         todo = [(i.id, i.object_key, i.sha256) for i in s.scalars(
-            select(CaseImage).where(CaseImage.case_id == case_id, CaseImage.kind == "dermoscopic")
+            select(CaseImage).where(CaseImage.case_id == case_id, CaseImage.kind == ImageKind.DERMOSCOPIC)
             .order_by(CaseImage.position)) if i.id not in done]
     if todo:
         data = [rt.store.get(key) for _, key, _ in todo]
@@ -94,7 +135,9 @@ def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list[Anal
 
 
 def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
-                      result: AnalysisResult, model: ModelInfo) -> None:
+                      result: "AnalysisResult", model: ModelInfo) -> None:
+    from .diagnosis.render import overlay_png
+
     maps = {}
     for m in result.maps:
         png = overlay_png(result.input_rgb, m.normalised)
@@ -103,7 +146,7 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
         maps[m.target] = {"key": key, "sha256": hashlib.sha256(png).hexdigest()}
     summary = result.summary()
     try:
-        with rt.sessions() as s, s.begin():
+        with rt.transaction() as s:
             pred = Prediction(
                 image_id=image_id, case_id=case_id, model_name=model.name,
                 model_version=model.version, model_sha256=model.weights_sha256,
@@ -136,7 +179,7 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
 
 
 def finish_job(rt: Runtime, job_id: str, model: ModelInfo) -> None:
-    with rt.sessions() as s, s.begin():
+    with rt.transaction() as s:
         job = s.get(AnalysisJob, job_id)
         case = s.get(Case, job.case_id)
         preds = s.scalars(select(Prediction).where(
@@ -145,29 +188,29 @@ def finish_job(rt: Runtime, job_id: str, model: ModelInfo) -> None:
         findings = [risk.ImageFinding(p.bcc_probability, p.patterns_present,
                                       p.clinical["agreement"], p.quality["issues"]) for p in preds]
         _queue_case(case, findings, ai_available=True)
-        job.status, job.finished_at, job.last_error = "done", utcnow(), None
+        job.status, job.finished_at, job.last_error = JobStatus.DONE, utcnow(), None
 
 
 def fail_job(rt: Runtime, job_id: str, error: str) -> None:
     """Give up on the AI: the case still goes to the queue, flagged for manual review."""
-    with rt.sessions() as s, s.begin():
+    with rt.transaction() as s:
         job = s.get(AnalysisJob, job_id)
-        if job is None or job.status == "done":
+        if job is None or job.status == JobStatus.DONE:
             return
         case = s.get(Case, job.case_id)
-        job.status, job.finished_at, job.last_error = "failed", utcnow(), error[:2000]
+        job.status, job.finished_at, job.last_error = JobStatus.FAILED, utcnow(), error[:2000]
         _queue_case(case, [], ai_available=False)
 
 
 def record_error(rt: Runtime, job_id: str, error: str) -> int:
     """Note a failed attempt; returns the attempts made so far."""
-    with rt.sessions() as s, s.begin():
+    with rt.transaction() as s:
         job = s.get(AnalysisJob, job_id)
         if job is None:
             return 0
         job.last_error = error[:2000]
-        if job.status == "running":
-            job.status = "queued"
+        if job.status == JobStatus.RUNNING:
+            job.status = JobStatus.QUEUED
         return job.attempts
 
 
@@ -175,8 +218,8 @@ def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: boo
     r = risk.assess(findings, bleeding=case.bleeding, changed=case.changed,
                     body_site=case.body_site, age=case.age, received_at=case.created_at,
                     ai_available=ai_available)
-    if case.status != "claimed":
-        case.status = "analysed" if ai_available else "analysis_failed"
+    if case.status != CaseStatus.CLAIMED:
+        case.status = CaseStatus.ANALYSED if ai_available else CaseStatus.ANALYSIS_FAILED
     case.ai_available = ai_available
     case.risk_score, case.risk_tier, case.risk_reasons = r.score, r.tier, r.reasons
     case.needs_attention, case.due_at, case.escalate_at = r.needs_attention, r.due_at, r.escalate_at

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from . import permissions
 from .models import ExplanationRecord
+from .runtime import Runtime
 from .storage import ObjectStore, StorageError
 
 GENESIS = "0" * 64
@@ -90,3 +92,11 @@ def verify(session: Session, store: ObjectStore, check_objects: bool = True,
             prev = rec.record_hash
             last_seq = rec.seq
             count += 1
+
+
+def verify_chain(rt: Runtime, user, check_objects: bool = True) -> VerifyReport:
+    """The auditor's use case: verify the whole chain in a read-only session."""
+    if user is not None:
+        permissions.require(user, permissions.VERIFY_AUDIT)
+    with rt.read() as session:
+        return verify(session, rt.store, check_objects=check_objects)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future
 from typing import Callable, Generic, TypeVar
 
@@ -24,7 +25,9 @@ class MicroBatcher(Generic[In, Out]):
         self._items: list[tuple[In, Future]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self.batches: list[int] = []          # sizes of the batches run, for stats and tests
+        # How many batches of each size ran: bounded by max_batch entries however long the
+        # worker lives (a list of every batch would grow for ever).
+        self.batch_sizes: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
 
@@ -40,6 +43,11 @@ class MicroBatcher(Generic[In, Out]):
     def run(self, items: list[In], timeout: float | None = None) -> list[Out]:
         """Submit and wait; raises what the batch function raised for these items."""
         return [f.result(timeout) for f in self.submit_many(items)]
+
+    def waiting(self) -> int:
+        """Items submitted and not yet taken into a batch."""
+        with self._cond:
+            return len(self._items)
 
     def close(self) -> None:
         with self._cond:
@@ -61,7 +69,7 @@ class MicroBatcher(Generic[In, Out]):
                         break
                     self._cond.wait(left)
                 batch, self._items = self._items[:self.max_batch], self._items[self.max_batch:]
-            self.batches.append(len(batch))
+            self.batch_sizes[len(batch)] += 1
             try:
                 results = self.fn([item for item, _ in batch])
             except BaseException as exc:       # hand the error to every waiting caller

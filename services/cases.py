@@ -12,24 +12,23 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Mapping
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import images as image_io
-from .errors import Forbidden, NotFound, Unavailable, ValidationError
-from .models import IMAGE_KINDS, SEXES, AnalysisJob, Case, CaseImage, Prediction, User
+from . import jobs, permissions
+from .errors import NotFound, Unavailable, ValidationError
+from .models import AnalysisJob, Case, CaseImage, Prediction, User
 from .runtime import Runtime
-from .storage import StorageError
+from .storage import STORAGE_DOWN, ObjectNotFound, StorageError
+from .vocabulary import BodySite, CaseStatus, ImageKind, JobStatus, Sex, values
 
 log = logging.getLogger(__name__)
 
-BODY_SITES = ("scalp", "face", "nose", "ear", "eyelid", "lip", "neck", "trunk", "back",
-              "chest", "abdomen", "upper_limb", "hand", "lower_limb", "foot", "genital", "other")
-# Sites where a BCC's growth does harm sooner (cosmetic and functional): the "H-zone".
-HIGH_RISK_SITES = frozenset({"nose", "eyelid", "lip", "ear", "face"})
+BODY_SITES = values(BodySite)
 MAX_TEXT = 2000
 
 
@@ -74,8 +73,8 @@ def parse_case_fields(form: Mapping) -> CaseInput:
     if not 0 <= age <= 120:
         raise ValidationError("age must be between 0 and 120", "age")
     sex = str(form.get("sex", "")).strip().lower()
-    if sex not in SEXES:
-        raise ValidationError(f"sex must be one of {', '.join(SEXES)}", "sex")
+    if sex not in values(Sex):
+        raise ValidationError(f"sex must be one of {', '.join(values(Sex))}", "sex")
     site = str(form.get("body_site", "")).strip().lower()
     if site not in BODY_SITES:
         raise ValidationError(f"body_site must be one of {', '.join(BODY_SITES)}", "body_site")
@@ -91,14 +90,13 @@ def parse_case_fields(form: Mapping) -> CaseInput:
     question = str(form.get("gp_question", "")).strip()
     if len(question) > MAX_TEXT:
         raise ValidationError(f"gp_question must be at most {MAX_TEXT} characters", "gp_question")
-    return CaseInput(pseudonym, age, sex, site, duration, _flag(form, "changed"),
+    return CaseInput(pseudonym, age, Sex(sex), BodySite(site), duration, _flag(form, "changed"),
                      _flag(form, "bleeding"), question)
 
 
-def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
-                dispatch: Callable[[str], None] | None = None) -> Case:
-    if gp.role != "gp":
-        raise Forbidden("only GPs submit cases")
+def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> Case:
+    """Validate, store and commit the case, then hand its analysis job to the workers."""
+    permissions.require(gp, permissions.SUBMIT_CASES)
     fields = parse_case_fields(form)
     if not uploads:
         raise ValidationError("at least one image is required", "images")
@@ -106,13 +104,14 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
         raise ValidationError(f"at most {rt.settings.max_images_per_case} images per case", "images")
     cleaned = []
     for i, up in enumerate(uploads):
-        if up.kind not in IMAGE_KINDS:
-            raise ValidationError(f"image kind must be one of {', '.join(IMAGE_KINDS)}", f"images[{i}]")
+        if up.kind not in values(ImageKind):
+            raise ValidationError(f"image kind must be one of {', '.join(values(ImageKind))}",
+                                  f"images[{i}]")
         try:
             cleaned.append(image_io.clean(up.data))
         except image_io.ImageDecodeError as exc:
             raise ValidationError(f"{up.filename or 'image'}: {exc.message}", f"images[{i}]") from exc
-    if not any(u.kind == "dermoscopic" for u in uploads):
+    if not any(u.kind == ImageKind.DERMOSCOPIC for u in uploads):
         raise ValidationError("at least one dermoscopic image is required", "images")
 
     keys: list[str] = []
@@ -128,15 +127,15 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
 
     try:
         with rt.sessions() as session, session.begin():
-            case = Case(gp_id=gp.id, status="received", ai_available=True, needs_attention=False,
-                        **fields.__dict__)
+            case = Case(gp_id=gp.id, status=CaseStatus.RECEIVED, ai_available=True,
+                        needs_attention=False, **fields.__dict__)
             session.add(case)
             session.flush()
             for i, (img, up, key) in enumerate(zip(cleaned, uploads, keys)):
                 session.add(CaseImage(case_id=case.id, position=i, object_key=key, sha256=img.sha256,
                                       size=img.size, media_type=img.media_type, width=img.width,
                                       height=img.height, kind=up.kind))
-            job = AnalysisJob(case_id=case.id, status="pending", attempts=0, dispatches=0)
+            job = AnalysisJob(case_id=case.id, status=JobStatus.PENDING, attempts=0, dispatches=0)
             session.add(job)
             session.flush()
             job_id = job.id
@@ -145,8 +144,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
         log.error("case intake failed in the database: %s", exc)
         raise Unavailable("the database is unavailable; the case was not saved, please retry") from exc
 
-    if dispatch is not None:
-        dispatch(job_id)
+    jobs.dispatch(rt, job_id)
     return case
 
 
@@ -159,46 +157,58 @@ def _delete_quietly(rt: Runtime, keys: list[str]) -> None:
 
 
 def _readable(session: Session, user: User, case_id: str) -> Case:
+    permissions.require(user, permissions.READ_CASES)
     case = session.get(Case, case_id, options=[selectinload(Case.images)])
     # 404, not 403, for another GP's case: its existence is not disclosed.
-    if case is None or (user.role == "gp" and case.gp_id != user.id):
+    if case is None or (user.role in permissions.OWN_CASES_ONLY and case.gp_id != user.id):
         raise NotFound(f"no case {case_id}")
-    if user.role not in ("gp", "dermatologist", "auditor"):
-        raise Forbidden("this role cannot read cases")
     return case
 
 
-def get_case(session: Session, user: User, case_id: str) -> dict:
-    case = _readable(session, user, case_id)
-    predictions = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
-                                  .order_by(Prediction.created_at)).all()
-    return case_view(case, predictions)
+def _fetch(rt: Runtime, key: str) -> bytes:
+    try:
+        return rt.store.get(key)
+    except ObjectNotFound as exc:
+        raise NotFound("the stored file is missing") from exc
+    except StorageError as exc:
+        raise Unavailable(STORAGE_DOWN) from exc
 
 
-def get_image(session: Session, rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[bytes, str]:
-    case = _readable(session, user, case_id)
-    for img in case.images:
-        if img.id == image_id:
-            return rt.store.get(img.object_key), img.media_type
-    raise NotFound(f"no image {image_id} in case {case_id}")
+def get_case(rt: Runtime, user: User, case_id: str) -> dict:
+    with rt.read() as session:
+        case = _readable(session, user, case_id)
+        predictions = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
+                                      .order_by(Prediction.created_at)).all()
+        return case_view(case, predictions)
 
 
-def get_map(session: Session, rt: Runtime, user: User, case_id: str, prediction_id: str,
-            target: str) -> bytes:
-    _readable(session, user, case_id)
-    pred = session.get(Prediction, prediction_id)
-    if pred is None or pred.case_id != case_id or target not in pred.maps:
-        raise NotFound(f"no map {target} for prediction {prediction_id}")
-    return rt.store.get(pred.maps[target]["key"])
+def get_image(rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[bytes, str]:
+    with rt.read() as session:
+        case = _readable(session, user, case_id)
+        image = next((i for i in case.images if i.id == image_id), None)
+        if image is None:
+            raise NotFound(f"no image {image_id} in case {case_id}")
+        key, media_type = image.object_key, image.media_type
+    return _fetch(rt, key), media_type
 
 
-def list_cases(session: Session, user: User, limit: int = 100) -> list[dict]:
+def get_map(rt: Runtime, user: User, case_id: str, prediction_id: str, target: str) -> bytes:
+    with rt.read() as session:
+        _readable(session, user, case_id)
+        pred = session.get(Prediction, prediction_id)
+        if pred is None or pred.case_id != case_id or target not in pred.maps:
+            raise NotFound(f"no map {target} for prediction {prediction_id}")
+        key = pred.maps[target]["key"]
+    return _fetch(rt, key)
+
+
+def list_cases(rt: Runtime, user: User, limit: int = 100) -> list[dict]:
+    permissions.require(user, permissions.READ_CASES)
     query = select(Case).options(selectinload(Case.images)).order_by(Case.created_at.desc()).limit(limit)
-    if user.role == "gp":
+    if user.role in permissions.OWN_CASES_ONLY:
         query = query.where(Case.gp_id == user.id)
-    elif user.role not in ("dermatologist", "auditor"):
-        raise Forbidden("this role cannot list cases")
-    return [case_view(c) for c in session.scalars(query)]
+    with rt.read() as session:
+        return [case_view(c) for c in session.scalars(query)]
 
 
 def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:

@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from .errors import ConfigurationError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
+# Celery queue of the GPU analysis task (workers consume it; the web sends to it by name).
+ANALYSIS_QUEUE = "analysis"
 
 
 def data_dir(env: dict | None = None) -> Path:
+    """``var/`` of the source checkout, or of the working directory for an installed wheel."""
     env = os.environ if env is None else env
-    return Path(env.get("DERMATRIAGE_DATA_DIR", PROJECT_ROOT / "var")).resolve()
+    base = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return Path(env.get("DERMATRIAGE_DATA_DIR", base / "var")).resolve()
 
 
 def model_path(env: dict | None = None) -> Path:
@@ -31,10 +37,6 @@ def model_path(env: dict | None = None) -> Path:
 def shared_data_dir() -> Path:
     """Real dermoscopic data sets (read-only, never committed): ../shared/data by default."""
     return Path(os.environ.get("DERMATRIAGE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
-
-
-class ConfigurationError(RuntimeError):
-    """Settings that must not be used (e.g. production with the default secret key)."""
 
 
 def _object_store_url(env: dict, base: Path) -> str:
@@ -106,3 +108,20 @@ class Settings:
                     # kombu would otherwise write its control (pidbox) files into the cwd
                     "control_folder": str(folder / "control")}
         return {"visibility_timeout": self.job_lease_s * 4}
+
+    def celery_config(self) -> dict:
+        """Celery's settings, the same for the web (which only sends) and the workers."""
+        return {
+            "broker_url": self.broker_url,
+            "broker_transport_options": self.broker_transport_options,
+            "broker_connection_retry_on_startup": True,
+            "broker_connection_timeout": 3,
+            "task_ignore_result": True,
+            # A task is acknowledged only after it finished; if the worker dies mid-task the
+            # message goes back (the sweeper covers transports that cannot redeliver).
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "task_default_queue": ANALYSIS_QUEUE,
+            "worker_hijack_root_logger": False,
+        }

@@ -1,12 +1,25 @@
-"""Database engine and sessions, the same code on SQLite and PostgreSQL."""
+"""Database engine and sessions, the same code on SQLite and PostgreSQL.
+
+``read`` and ``transaction`` are how use cases talk to the database: they own the session,
+and a database that cannot be reached becomes ``Unavailable`` here, once, so no caller
+needs to know SQLAlchemy's exceptions. Integrity errors pass through untouched: use cases
+rely on them (a unique constraint is how a duplicate analysis loses).
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import Unavailable
+
+DATABASE_DOWN = "the database is unavailable; please retry shortly"
 
 
 def make_engine(url: str) -> Engine:
@@ -39,3 +52,33 @@ def make_engine(url: str) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    return isinstance(exc, OperationalError) or bool(exc.connection_invalidated)
+
+
+@contextmanager
+def _outage_is_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        if _is_outage(exc):
+            raise Unavailable(DATABASE_DOWN) from exc
+        raise
+
+
+@contextmanager
+def read(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reading; nothing is committed."""
+    with _outage_is_unavailable(), sessions() as session:
+        yield session
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session in a transaction: committed if the block ends normally, else rolled back."""
+    with _outage_is_unavailable(), sessions() as session, session.begin():
+        yield session

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import case as sql_case, select, update
-from sqlalchemy.orm import Session
 
-from .errors import Conflict, Forbidden, NotFound
+from . import permissions
+from .errors import Conflict, NotFound
 from .models import Case, User, utcnow
-
-QUEUED = ("analysed", "analysis_failed")
+from .runtime import Runtime
+from .vocabulary import QUEUED_STATUSES, CaseStatus
 
 
 def _order(now: datetime):
@@ -19,16 +19,13 @@ def _order(now: datetime):
             Case.risk_score.desc(), Case.queued_at)
 
 
-def _require_dermatologist(user: User) -> None:
-    if user.role != "dermatologist":
-        raise Forbidden("only dermatologists work the referral queue")
-
-
-def list_queue(session: Session, user: User, limit: int = 100, now: datetime | None = None) -> list[dict]:
-    _require_dermatologist(user)
+def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None = None) -> list[dict]:
+    permissions.require(user, permissions.WORK_QUEUE)
     now = now or utcnow()
-    rows = session.scalars(select(Case).where(Case.status.in_(QUEUED), Case.claimed_by.is_(None))
-                           .order_by(*_order(now)).limit(limit)).all()
+    with rt.read() as session:
+        rows = session.scalars(select(Case).where(Case.status.in_(QUEUED_STATUSES),
+                                                  Case.claimed_by.is_(None))
+                               .order_by(*_order(now)).limit(limit)).all()
     return [queue_entry(c, i + 1, now) for i, c in enumerate(rows)]
 
 
@@ -52,22 +49,24 @@ def _hours(delta) -> str:
     return f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
 
 
-def claim(session: Session, user: User, case_id: str) -> dict:
+def claim(rt: Runtime, user: User, case_id: str) -> dict:
     """Give the case to this dermatologist, or fail with 409 if anyone has it.
 
     Postgres: SELECT ... FOR UPDATE SKIP LOCKED makes concurrent claimers skip a row another
     transaction is claiming; the conditional UPDATE is the final guard (and SQLite's)."""
-    _require_dermatologist(user)
-    exists = session.get(Case, case_id)
-    if exists is None:
-        raise NotFound(f"no case {case_id}")
-    row = session.scalar(select(Case).where(Case.id == case_id, Case.status.in_(QUEUED),
-                                            Case.claimed_by.is_(None))
-                         .with_for_update(skip_locked=True))
-    if row is None:
-        raise Conflict("case is already claimed or not in the queue")
-    result = session.execute(update(Case).where(Case.id == case_id, Case.claimed_by.is_(None))
-                             .values(claimed_by=user.id, claimed_at=utcnow(), status="claimed"))
-    if result.rowcount != 1:
-        raise Conflict("case is already claimed")
-    return {"case_id": case_id, "claimed_by": user.username, "status": "claimed"}
+    permissions.require(user, permissions.WORK_QUEUE)
+    with rt.transaction() as session:
+        exists = session.get(Case, case_id)
+        if exists is None:
+            raise NotFound(f"no case {case_id}")
+        row = session.scalar(select(Case).where(Case.id == case_id, Case.status.in_(QUEUED_STATUSES),
+                                                Case.claimed_by.is_(None))
+                             .with_for_update(skip_locked=True))
+        if row is None:
+            raise Conflict("case is already claimed or not in the queue")
+        result = session.execute(update(Case).where(Case.id == case_id, Case.claimed_by.is_(None))
+                                 .values(claimed_by=user.id, claimed_at=utcnow(),
+                                         status=CaseStatus.CLAIMED))
+        if result.rowcount != 1:
+            raise Conflict("case is already claimed")
+    return {"case_id": case_id, "claimed_by": user.username, "status": CaseStatus.CLAIMED.value}

@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .cases import HIGH_RISK_SITES
+from .vocabulary import HIGH_RISK_SITES, RiskTier
 
-TIERS = (("urgent", 70.0, timedelta(hours=24)),
-         ("routine", 35.0, timedelta(days=5)),
-         ("low", 0.0, timedelta(days=14)))
+TIERS = ((RiskTier.URGENT, 70.0, timedelta(hours=24)),
+         (RiskTier.ROUTINE, 35.0, timedelta(days=5)),
+         (RiskTier.LOW, 0.0, timedelta(days=14)))
 ESCALATE_SHARE = 0.75
 ATTENTION_FLOOR = 40.0
 AI_UNAVAILABLE_FLOOR = 50.0

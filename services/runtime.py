@@ -1,34 +1,67 @@
-"""The adapters a process needs, built once from settings: database and object store."""
+"""The composition root: every process builds its adapters here, from settings, once.
+
+``build`` wires the database, the object store and the analysis dispatcher (a port: a
+callable that sends one job id; by default the Celery broker). The web's app factory and
+the worker's entry point both call it, so both run on the same wiring; tests inject their
+own dispatcher. Use cases receive the Runtime and open their own sessions through
+``read``/``transaction``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import db
 from .config import Settings
-from .db import make_engine, make_session_factory
 from .storage import ObjectStore, StorageError, open_store
+
+Dispatcher = Callable[[str], None]
 
 
 @dataclass
 class Runtime:
     settings: Settings
+    dispatcher: Dispatcher | None = None
+    # Wall clock in seconds (token ages); tests move a fake one instead of sleeping.
+    clock: Callable[[], float] = field(default=time.time)
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return db.make_engine(self.settings.database_url)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(self.engine)
+        return db.make_session_factory(self.engine)
 
     @cached_property
     def store(self) -> ObjectStore:
         return open_store(self.settings.object_store_url)
+
+    @cached_property
+    def celery(self):
+        from .broker import make_celery
+        return make_celery(self.settings)
+
+    def read(self) -> AbstractContextManager[Session]:
+        return db.read(self.sessions)
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        return db.transaction(self.sessions)
+
+    def send_job(self, job_id: str) -> None:
+        """Hand one analysis job to the workers; raises if the broker cannot take it."""
+        if self.dispatcher is None:
+            from .broker import CeleryDispatcher
+            self.dispatcher = CeleryDispatcher(self.celery)
+        self.dispatcher(job_id)
 
     def health(self) -> dict[str, str]:
         """'ok' or the reason, for the database and the object store."""
@@ -45,3 +78,8 @@ class Runtime:
         except (StorageError, OSError) as exc:
             out["object_store"] = f"unreachable: {exc}"
         return out
+
+
+def build(settings: Settings | None = None, dispatcher: Dispatcher | None = None,
+          clock: Callable[[], float] = time.time) -> Runtime:
+    return Runtime(settings or Settings.from_env(), dispatcher, clock)

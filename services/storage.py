@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlparse
 
+from .errors import ConfigurationError, Unavailable
 
-class StorageError(RuntimeError):
+STORAGE_DOWN = "image storage is unavailable; please retry shortly"
+
+
+class StorageError(Unavailable):
     """The object store could not be reached or refused the operation."""
 
 
 class ObjectNotFound(StorageError):
-    pass
+    status = 404
+    code = "not_found"
 
 
 class ObjectStore(Protocol):
@@ -176,9 +181,9 @@ def open_store(url: str) -> ObjectStore:
         query = parse_qs(parsed.query)
         bucket = parsed.path.strip("/")
         if not bucket:
-            raise ValueError("object store URL needs a bucket: s3://KEY:SECRET@host:port/bucket")
+            raise ConfigurationError("object store URL needs a bucket: s3://KEY:SECRET@host:port/bucket")
         return MinioStore(f"{parsed.hostname}:{parsed.port or 9000}", unquote(parsed.username or ""),
                           unquote(parsed.password or ""), bucket,
                           secure=query.get("secure", ["false"])[0].lower() == "true",
                           region=query.get("region", [None])[0])
-    raise ValueError(f"unsupported object store URL scheme {parsed.scheme!r}")
+    raise ConfigurationError(f"unsupported object store URL scheme {parsed.scheme!r}")

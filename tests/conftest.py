@@ -1,13 +1,25 @@
+"""Fixtures: real data, real components (PostgreSQL, Redis, S3 via moto) and product stacks.
+
+Helpers and factories are in tests/factories.py.
+"""
+
 from __future__ import annotations
 
-import io
+import csv
+import os
+import shutil
+import subprocess
+import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from services import config
+from tests.factories import (make_stack, port_open, reset_database, create_accounts,
+                             small_model_file, free_port, wait_for_port)
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
@@ -21,45 +33,12 @@ def ham_dir() -> Path:
 @pytest.fixture(scope="session")
 def ham_jpegs(ham_dir) -> list[bytes]:
     """A few real dermoscopic JPEGs, the first BCCs and non-BCCs of the metadata."""
-    import csv
-
     rows = list(csv.DictReader(open(ham_dir / "metadata.csv")))
     pick = [r for r in rows if r["dx"] == "bcc"][:4] + [r for r in rows if r["dx"] == "nv"][:4]
     return [(ham_dir / "images" / f"{r['image_id']}.jpg").read_bytes() for r in pick]
 
 
-def encode(rgb: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
 # --- real components: PostgreSQL, Redis, S3 (moto) ------------------------------------------
-import os
-import shutil
-import socket
-import subprocess
-import time
-import uuid
-
-PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_postgres() -> None:
     versions = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
     if versions:
@@ -67,20 +46,10 @@ def _start_postgres() -> None:
                        check=False, capture_output=True)
 
 
-def _start_redis(port: int = 6379) -> subprocess.Popen | None:
-    if shutil.which("redis-server") is None:
-        return None
-    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
-                    "--save", "", "--appendonly", "no"], check=False, capture_output=True)
-
-
-def wait_for_port(host: str, port: int, timeout: float = 20) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if port_open(host, port):
-            return True
-        time.sleep(0.2)
-    return False
+def _start_redis(port: int = 6379) -> None:
+    if shutil.which("redis-server") is not None:
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),
+                        "--save", "", "--appendonly", "no"], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -126,59 +95,71 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture
+def private_redis():
+    """A Redis server of this test's own, so it can be stopped without harming others."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed")
+    port = free_port()
+
+    def start():
+        proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        assert wait_for_port("127.0.0.1", port), "private redis did not start"
+        return proc
+    state = {"proc": start()}
+    yield port, state, start
+    if state["proc"].poll() is None:
+        state["proc"].terminate()
+        state["proc"].wait(10)
+
+
 # --- stacks ------------------------------------------------------------------------------
-PASSWORD = "correct horse battery"
-ACCOUNTS = {"gp1": "gp", "gp2": "gp", "derm1": "dermatologist", "derm2": "dermatologist",
-            "auditor1": "auditor", "admin1": "admin"}
-
-
 @pytest.fixture(scope="session")
 def pipeline_model(tmp_path_factory) -> Path:
     """The demo model when built (make install), else a small valid model artifact."""
     path = config.model_path()
     if path.exists():
         return path
-    from services.diagnosis import artifact
-    from tests.diagnosis.conftest import make_card, random_model
-    path = tmp_path_factory.mktemp("model") / "small.pt"
-    artifact.save(random_model(), make_card(), path)
-    return path
+    return small_model_file(tmp_path_factory.mktemp("model"))
 
 
-def _stack(kind, tmp_path, request, **overrides):
-    from tests.pipeline_support import make_stack, reset_database
-    if kind == "full":
-        pg = request.getfixturevalue("postgres_url")
-        stack = make_stack("full", tmp_path, request.getfixturevalue("pipeline_model"), pg,
-                           request.getfixturevalue("redis_url"), request.getfixturevalue("s3_server"),
-                           **overrides)
-        reset_database(pg)
-    else:
-        stack = make_stack("embedded", tmp_path, request.getfixturevalue("pipeline_model"), **overrides)
-    rt = stack.runtime()
-    from services.users import create_user
-    with rt.sessions() as s, s.begin():
-        for name, role in ACCOUNTS.items():
-            create_user(s, name, PASSWORD, role)
-    return stack
+@pytest.fixture
+def make_product(request, tmp_path):
+    """make_product(kind, **env overrides): a migrated stack with the test accounts."""
+    def make(kind: str, **overrides):
+        model = request.getfixturevalue("pipeline_model")
+        if kind == "full":
+            pg = request.getfixturevalue("postgres_url")
+            stack = make_stack("full", tmp_path, model, pg, request.getfixturevalue("redis_url"),
+                               request.getfixturevalue("s3_server"), **overrides)
+            reset_database(pg)
+        else:
+            stack = make_stack("embedded", tmp_path, model, **overrides)
+        create_accounts(stack.runtime())
+        return stack
+    return make
 
 
 @pytest.fixture(params=["embedded", "full"])
-def stack(request, tmp_path):
-    return _stack(request.param, tmp_path, request)
+def stack(request, make_product):
+    return make_product(request.param)
 
 
 @pytest.fixture
-def full_stack(request, tmp_path):
-    return _stack("full", tmp_path, request)
+def full_stack(make_product):
+    return make_product("full")
 
 
 @pytest.fixture
-def embedded_stack(request, tmp_path):
-    return _stack("embedded", tmp_path, request)
+def embedded_stack(make_product):
+    return make_product("embedded")
 
 
-def token_for(client, username: str) -> dict:
-    r = client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})
-    assert r.status_code == 200, r.json
-    return {"Authorization": f"Bearer {r.json['token']}"}
+@pytest.fixture(scope="session")
+def demo_engine():
+    from services.diagnosis.engine import Engine
+    path = config.model_path()
+    if not path.exists():
+        pytest.fail(f"demo model missing at {path}: `make test` builds it via `make install`")
+    return Engine.load(path, "cpu")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import audit, cases, queue, users
-from services.errors import ValidationError
+from services import audit, cases, permissions, queue, users
+from services.errors import Unauthorized, ValidationError
 
 from .auth import api_login_required, runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-READERS = ("gp", "dermatologist", "auditor")
 
 
 @bp.post("/auth/token")
@@ -20,11 +19,10 @@ def token():
             or not isinstance(body.get("password"), str):
         raise ValidationError('send JSON {"username": ..., "password": ...}', "body")
     rt = runtime()
-    with rt.sessions() as s:
-        user = users.authenticate(s, body["username"], body["password"])
+    user = users.authenticate(rt, body["username"], body["password"])
     if user is None:
-        return jsonify({"error": "unauthorized", "message": "wrong username or password"}), 401
-    return jsonify({"token": users.issue_token(rt.settings.secret_key, user),
+        raise Unauthorized("wrong username or password")
+    return jsonify({"token": users.token_for(rt, user),
                     "expires_in": rt.settings.token_max_age_s, "role": user.role})
 
 
@@ -39,68 +37,57 @@ def uploads_from_request() -> list[cases.Upload]:
 
 
 @bp.post("/cases")
-@api_login_required("gp")
+@api_login_required(permissions.SUBMIT_CASES)
 def submit():
-    from workers.tasks import send_analysis
-    from services.jobs import dispatch
-
-    rt = runtime()
     if not request.content_type or not request.content_type.startswith("multipart/form-data"):
         raise ValidationError("send multipart/form-data with case fields and one or more 'images'", "body")
-    case = cases.submit_case(rt, g.user, request.form, uploads_from_request(),
-                             dispatch=lambda job_id: dispatch(rt, job_id, send_analysis))
+    case = cases.submit_case(runtime(), g.user, request.form, uploads_from_request())
     return jsonify({"id": case.id, "status": case.status}), 201
 
 
 @bp.get("/cases")
-@api_login_required(*READERS)
+@api_login_required(permissions.READ_CASES)
 def list_cases():
-    with runtime().sessions() as s:
-        return jsonify({"cases": cases.list_cases(s, g.user)})
+    return jsonify({"cases": cases.list_cases(runtime(), g.user)})
 
 
 @bp.get("/cases/<case_id>")
-@api_login_required(*READERS)
+@api_login_required(permissions.READ_CASES)
 def get_case(case_id):
-    with runtime().sessions() as s:
-        return jsonify(cases.get_case(s, g.user, case_id))
+    return jsonify(cases.get_case(runtime(), g.user, case_id))
 
 
 @bp.get("/cases/<case_id>/images/<image_id>")
-@api_login_required(*READERS)
+@api_login_required(permissions.READ_CASES)
 def get_image(case_id, image_id):
-    rt = runtime()
-    with rt.sessions() as s:
-        data, media_type = cases.get_image(s, rt, g.user, case_id, image_id)
+    data, media_type = cases.get_image(runtime(), g.user, case_id, image_id)
     return Response(data, mimetype=media_type)
 
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/maps/<target>")
-@api_login_required(*READERS)
+@api_login_required(permissions.READ_CASES)
 def get_map(case_id, prediction_id, target):
-    rt = runtime()
-    with rt.sessions() as s:
-        data = cases.get_map(s, rt, g.user, case_id, prediction_id, target)
-    return Response(data, mimetype="image/png")
+    return Response(cases.get_map(runtime(), g.user, case_id, prediction_id, target),
+                    mimetype="image/png")
 
 
 @bp.post("/cases/<case_id>/claim")
-@api_login_required("dermatologist")
+@api_login_required(permissions.WORK_QUEUE)
 def claim(case_id):
-    with runtime().sessions() as s, s.begin():
-        return jsonify(queue.claim(s, g.user, case_id))
+    return jsonify(queue.claim(runtime(), g.user, case_id))
 
 
 @bp.get("/queue")
-@api_login_required("dermatologist")
+@api_login_required(permissions.WORK_QUEUE)
 def get_queue():
-    with runtime().sessions() as s:
-        return jsonify({"queue": queue.list_queue(s, g.user)})
+    return jsonify({"queue": queue.list_queue(runtime(), g.user)})
 
 
 @bp.get("/audit/verify")
-@api_login_required("auditor")
+@api_login_required(permissions.VERIFY_AUDIT)
 def verify():
-    rt = runtime()
-    with rt.sessions() as s:
-        return jsonify(audit.verify(s, rt.store).to_dict())
+    return jsonify(audit.verify_chain(runtime(), g.user).to_dict())
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,4 +1,8 @@
-"""Who is calling: bearer tokens for the API, the session for pages; role checks."""
+"""Who is calling: bearer tokens for the API, the session for pages; role checks.
+
+Which roles a route admits comes from services.permissions, the same sets the use cases
+enforce.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +10,33 @@ import hmac
 import secrets
 from functools import wraps
 
-from flask import current_app, g, jsonify, redirect, request, session, url_for
+from flask import current_app, g, redirect, request, session, url_for
 
-from services import users
+from services import permissions, users
+from services.errors import Forbidden, Unauthorized
 from services.models import User
+from services.runtime import Runtime
 
 
-def runtime():
+def runtime() -> Runtime:
     return current_app.extensions["dermatriage"]
 
 
-def api_user() -> User | None:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return None
-    rt = runtime()
-    with rt.sessions() as s:
-        return users.user_for_token(s, rt.settings.secret_key, header[7:].strip(),
-                                    rt.settings.token_max_age_s)
+def _roles(action: frozenset) -> str:
+    return " or ".join(permissions.role_names(action))
 
 
-def api_login_required(*roles: str):
+def api_login_required(action: frozenset):
     """401 without a valid token, 403 with the wrong role."""
     def decorator(fn):
         @wraps(fn)
         def wrapper(*args, **kwargs):
-            try:
-                user = api_user()
-            except users.TokenError as exc:
-                return jsonify({"error": "unauthorized", "message": exc.reason}), 401
-            if user is None:
-                return jsonify({"error": "unauthorized",
-                                "message": "send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)"}), 401
-            if roles and user.role not in roles:
-                return jsonify({"error": "forbidden",
-                                "message": f"this needs the role {' or '.join(roles)}"}), 403
+            header = request.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)")
+            user = users.user_for_token(runtime(), header[7:].strip())
+            if not permissions.allowed(user.role, action):
+                raise Forbidden(f"this needs the role {_roles(action)}")
             g.user = user
             return fn(*args, **kwargs)
         return wrapper
@@ -51,24 +47,21 @@ def page_user() -> User | None:
     uid = session.get("uid")
     if uid is None:
         return None
-    with runtime().sessions() as s:
-        user = s.get(User, uid)
-    if user is None or not user.active or session.get("pw") != user.password_hash[-16:]:
+    user = users.user_for_session(runtime(), uid, session.get("pw"))
+    if user is None:
         session.clear()
-        return None
     return user
 
 
-def login_required(*roles: str):
+def login_required(action: frozenset):
     def decorator(fn):
         @wraps(fn)
         def wrapper(*args, **kwargs):
             user = page_user()
             if user is None:
                 return redirect(url_for("pages.login", next=request.path))
-            if roles and user.role not in roles:
-                from .pages import error_page
-                return error_page(f"this page is for the role {' or '.join(roles)}", 403)
+            if not permissions.allowed(user.role, action):
+                raise Forbidden(f"this page is for the role {_roles(action)}")
             g.user = user
             return fn(*args, **kwargs)
         return wrapper

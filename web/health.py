@@ -1,4 +1,4 @@
-from flask import Blueprint, jsonify
+from flask import Blueprint, Flask, jsonify
 
 from .auth import runtime
 
@@ -11,3 +11,7 @@ def healthz():
     checks = runtime().health()
     ok = all(v == "ok" for v in checks.values())
     return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), 200 if ok else 503
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,1 +1,2 @@
-"""Celery wiring: thin tasks that call services/ (see services/analysis.py, services/jobs.py)."""
+"""Celery wiring, thin: the worker process builds the product's runtime (services.runtime)
+and registers tasks that call the use cases in services/ (analysis, outbox)."""

@@ -6,7 +6,7 @@ import click
 
 from .bench import bench
 from .model import model
-from .ops import audit, db, jobs, run, users, web, worker
+from .ops import audit, db, health, jobs, run, users, web, worker
 
 
 @click.group()
@@ -14,5 +14,5 @@ def main() -> None:
     """DermaTriage: teledermatology triage with explained BCC diagnosis."""
 
 
-for command in (model, bench, db, users, worker, web, run, jobs, audit):
+for command in (model, bench, db, users, worker, web, health, run, jobs, audit):
     main.add_command(command)

@@ -1,4 +1,9 @@
-"""Operating the product: database, accounts, worker, web server, outbox, audit."""
+"""Operating the product: database, accounts, worker, web server, health, outbox, audit.
+
+``web`` and ``worker`` replace themselves with the real server process (gunicorn, Celery),
+so the command line below is the one place that says how each is started: the Dockerfile,
+docker-compose.yml and `dermatriage run` all go through these commands.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,42 @@ import time
 
 import click
 
-from services.config import ConfigurationError, Settings
+from services.config import ANALYSIS_QUEUE, Settings
+from services.errors import DermaTriageError
 
 DEMO_ACCOUNTS = (("gp", "gp-demo", "gp-demo-pass"),
                  ("dermatologist", "derm-demo", "derm-demo-pass"),
                  ("auditor", "audit-demo", "audit-demo-pass"),
                  ("admin", "admin-demo", "admin-demo-pass"))
+# The analysis worker's Celery node name (%h: this host). One worker process per host or
+# container; `dermatriage health worker` pings exactly this name.
+WORKER_NODE = "analysis@%h"
+WSGI_APP = "web.wsgi:app"
 
 
 def settings() -> Settings:
     try:
         return Settings.from_env()
-    except ConfigurationError as exc:
+    except DermaTriageError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def runtime():
-    from services.runtime import Runtime
-    return Runtime(settings())
+    from services.runtime import build
+    return build(settings())
+
+
+def web_server_command(host: str, port: int, workers: int, threads: int = 4) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "-w", str(workers), "--threads", str(threads),
+            "-b", f"{host}:{port}", "--access-logfile", "-", WSGI_APP]
+
+
+def worker_command(concurrency: int, loglevel: str) -> list[str]:
+    # Pool: threads. One process holds one copy of the model (one CUDA context on a GPU box),
+    # the threads feed its micro-batcher, and nothing forks after the model is loaded.
+    return [sys.executable, "-m", "celery", "-A", "workers.worker", "worker", "-P", "threads",
+            "-c", str(concurrency), "-Q", ANALYSIS_QUEUE, "--loglevel", loglevel,
+            "-n", WORKER_NODE, "--without-gossip", "--without-mingle"]
 
 
 @click.group()
@@ -62,14 +85,14 @@ def users() -> None:
 @click.option("--username", required=True)
 @click.option("--password", required=True, help="At least 8 characters.")
 def users_create(role: str, username: str, password: str) -> None:
-    from services.users import UserError, create_user
+    from services.users import create_user
 
     rt = runtime()
     try:
-        with rt.sessions() as s, s.begin():
+        with rt.transaction() as s:
             create_user(s, username, password, role)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except DermaTriageError as exc:
+        raise click.ClickException(exc.message) from exc
     click.echo(f"created {role} {username}")
 
 
@@ -78,7 +101,7 @@ def ensure_demo_accounts(rt) -> None:
     from services.models import User
     from services.users import create_user
 
-    with rt.sessions() as s, s.begin():
+    with rt.transaction() as s:
         for role, name, password in DEMO_ACCOUNTS:
             if not s.scalar(select(User).where(User.username == name)):
                 create_user(s, name, password, role)
@@ -89,12 +112,10 @@ def ensure_demo_accounts(rt) -> None:
               help="Threads feeding the model's micro-batcher.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int, loglevel: str) -> None:
-    """Start the analysis worker (thread pool: one model per process, no fork after load)."""
+    """Start the analysis worker (Celery, thread pool, one model per process)."""
     settings()
-    from workers.worker import celery_app
-    celery_app.worker_main(["worker", "-P", "threads", "-c", str(concurrency), "-Q", "analysis",
-                            "--loglevel", loglevel, "-n", f"analysis-{os.getpid()}@%h",
-                            "--without-gossip", "--without-mingle"])
+    command = worker_command(concurrency, loglevel)
+    os.execvp(command[0], command)
 
 
 @click.command()
@@ -104,9 +125,38 @@ def worker(concurrency: int, loglevel: str) -> None:
 def web(host: str, port: int, web_workers: int) -> None:
     """Start the web server (gunicorn)."""
     settings()
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-w", str(web_workers),
-                               "--threads", "4", "-b", f"{host}:{port}", "--access-logfile", "-",
-                               "web.wsgi:app"])
+    command = web_server_command(host, port, web_workers)
+    os.execvp(command[0], command)
+
+
+@click.group()
+def health() -> None:
+    """Health checks for a running process (exit 0 when healthy): container healthchecks."""
+
+
+@health.command("web")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", 5000)))
+def health_web(port: int) -> None:
+    """Ask the local web server's /healthz."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as resp:
+            click.echo(resp.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"web server on port {port} is not healthy: {exc}") from exc
+
+
+@health.command("worker")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health_worker(timeout: float) -> None:
+    """Ping this host's analysis worker through the broker."""
+    from celery.utils.nodenames import host_format
+    node = host_format(WORKER_NODE)
+    replies = runtime().celery.control.ping(destination=[node], timeout=timeout)
+    if not any(node in r for r in replies):
+        raise click.ClickException(f"worker {node} did not answer within {timeout:g} s")
+    click.echo(f"{node}: ok")
 
 
 @click.command()
@@ -157,10 +207,7 @@ def jobs() -> None:
 def jobs_sweep() -> None:
     """Re-send undispatched, lost or stalled analysis jobs once."""
     from services import jobs as outbox
-    from workers.worker import flask_app
-    from workers.tasks import send_analysis
-    with flask_app.app_context():
-        click.echo(json.dumps(outbox.sweep(flask_app.extensions["dermatriage"], send_analysis)))
+    click.echo(json.dumps(outbox.sweep(runtime())))
 
 
 @click.group()
@@ -174,9 +221,7 @@ def audit() -> None:
 def audit_verify(skip_objects: bool, as_json: bool) -> None:
     """Re-walk the hash chain and the stored maps; exit 1 at the first broken link."""
     from services import audit as chain
-    rt = runtime()
-    with rt.sessions() as s:
-        report = chain.verify(s, rt.store, check_objects=not skip_objects)
+    report = chain.verify_chain(runtime(), None, check_objects=not skip_objects)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif report.ok:

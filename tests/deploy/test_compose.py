@@ -41,3 +41,46 @@ def test_compose_file_is_valid_and_complete():
 def test_compose_refuses_to_start_without_secrets():
     result = compose_config({k: v for k, v in SECRETS.items() if k != "SECRET_KEY"})
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_commands_and_healthchecks_name_the_real_processes():
+    """Web and worker start through `dermatriage web|worker` (the one place that holds the
+    server commands), and each healthcheck asks exactly the process that command starts."""
+    from services.cli.ops import WORKER_NODE, worker_command
+
+    services = yaml.safe_load(compose_config(SECRETS).stdout)["services"]
+    web = services["web"]
+    assert web["command"][:2] == ["dermatriage", "web"]
+    port = _option(web["command"], "--port")
+    assert web["healthcheck"]["test"] == ["CMD", "dermatriage", "health", "web", "--port", port]
+    targets = [str(p["target"] if isinstance(p, dict) else p).split(":")[-1] for p in web["ports"]]
+    assert port in targets
+    worker = services["worker"]
+    assert worker["command"][:2] == ["dermatriage", "worker"]
+    assert worker["healthcheck"]["test"][:4] == ["CMD", "dermatriage", "health", "worker"]
+    assert _option(worker_command(8, "INFO"), "-n") == WORKER_NODE
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert 'CMD ["dermatriage", "web"' in dockerfile and "gunicorn" not in dockerfile.split("CMD")[-1]
+
+
+def test_worker_health_check_pings_a_running_worker(full_stack, tmp_path):
+    from click.testing import CliRunner
+
+    from services.cli import main
+    from tests.factories import poll, stop
+
+    runner = CliRunner()
+    down = runner.invoke(main, ["health", "worker", "--timeout", "1"], env=full_stack.env)
+    assert down.exit_code == 1 and "did not answer" in down.output
+    worker = full_stack.start_worker(tmp_path / "worker.log")
+    try:
+        up = poll(lambda: (r := runner.invoke(main, ["health", "worker", "--timeout", "1"],
+                                               env=full_stack.env)).exit_code == 0 and r,
+                  timeout=60, interval=0.5, what="the worker to answer its health check")
+        assert up.output.startswith("analysis@")
+    finally:
+        stop(worker)

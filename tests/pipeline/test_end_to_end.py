@@ -8,9 +8,7 @@ from sqlalchemy import func, select
 
 from services import audit
 from services.models import Case, CaseImage, ExplanationRecord, Prediction
-from tests.pipeline_support import stop, wait_until
-
-from ..conftest import token_for
+from tests.factories import stop, token_for, wait_until
 
 
 def real_cases(ham_dir, n_bcc=3, n_other=3):

@@ -1,17 +1,12 @@
 """Faults on the real stack (PostgreSQL, Redis, S3): nothing lost, nothing analysed twice."""
 
 import io
-import shutil
 import signal
-import subprocess
 
-import pytest
 from sqlalchemy import func, select
 
 from services.models import AnalysisJob, Case, CaseImage, ExplanationRecord, Prediction
-from tests.pipeline_support import stop, wait_until
-
-from ..conftest import free_port, token_for, wait_for_port
+from tests.factories import stop, token_for, wait_until
 
 
 def submit(stack, jpegs):
@@ -41,9 +36,9 @@ def assert_analysed_exactly_once(rt, case_id, n_images):
 
 def test_worker_killed_mid_analysis_case_completes_after_restart(full_stack, ham_jpegs, tmp_path):
     rt = full_stack.runtime()
-    # The first worker's batcher waits 4 s for company, so the job is surely mid-analysis
-    # (running, nothing stored) when the worker is killed.
-    first = full_stack.start_worker(tmp_path / "w1.log", BATCH_WAIT_MS=4000)
+    # The first worker's batcher holds its batch open until it is full (64 images) or an
+    # hour has passed: the job is pinned mid-analysis (running, nothing stored) until the kill.
+    first = full_stack.start_worker(tmp_path / "w1.log", BATCH_MAX=64, BATCH_WAIT_MS=3_600_000)
     try:
         case_id = submit(full_stack, ham_jpegs[:3])
         wait_until(lambda: job_of(rt, case_id).status == "running", timeout=60, interval=0.05,
@@ -63,29 +58,10 @@ def test_worker_killed_mid_analysis_case_completes_after_restart(full_stack, ham
     assert job_of(rt, case_id).attempts >= 2
 
 
-@pytest.fixture
-def private_redis():
-    """A Redis server of this test's own, so it can be stopped without harming others."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed")
-    port = free_port()
-
-    def start():
-        proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
-                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        assert wait_for_port("127.0.0.1", port), "private redis did not start"
-        return proc
-    state = {"proc": start()}
-    yield port, state, start
-    if state["proc"].poll() is None:
-        state["proc"].terminate()
-        state["proc"].wait(10)
-
-
-def test_broker_down_at_submission_case_accepted_and_analysed_once(request, tmp_path, ham_jpegs, private_redis):
-    from tests.conftest import _stack
+def test_broker_down_at_submission_case_accepted_and_analysed_once(make_product, tmp_path, ham_jpegs,
+                                                                   private_redis):
     port, state, start = private_redis
-    stack = _stack("full", tmp_path, request, BROKER_URL=f"redis://127.0.0.1:{port}/0")
+    stack = make_product("full", BROKER_URL=f"redis://127.0.0.1:{port}/0")
     rt = stack.runtime()
     state["proc"].terminate()
     state["proc"].wait(10)

@@ -2,7 +2,6 @@
 
 import io
 import threading
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -12,8 +11,7 @@ from services.batching import MicroBatcher
 from services.diagnosis.engine import Engine
 from services.models import AnalysisJob, Case, ExplanationRecord, Prediction
 
-from ..conftest import token_for
-from ..web.test_intake import post_case
+from tests.factories import poll, post_case, token_for
 
 
 @pytest.fixture
@@ -87,17 +85,17 @@ def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack,
     from datetime import timedelta
     from services.models import utcnow
     case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
-    rt = embedded_stack.runtime()
     sent = []
+    rt = embedded_stack.runtime(dispatcher=sent.append)
     with rt.sessions() as s:
         assert s.get(AnalysisJob, job_id).status == "queued"     # the intake's own dispatch
-    assert jobs.sweep(rt, sent.append)["sent"] == 0               # not lost yet
+    assert jobs.sweep(rt)["sent"] == 0                            # not lost yet
     later = utcnow() + timedelta(seconds=rt.settings.job_lease_s + 10)
-    assert jobs.sweep(rt, sent.append, now=later)["sent"] == 1 and sent == [job_id]
+    assert jobs.sweep(rt, now=later)["sent"] == 1 and sent == [job_id]
     with rt.sessions() as s, s.begin():
         job = s.get(AnalysisJob, job_id)
         job.status, job.started_at, job.attempts = "running", utcnow() - timedelta(hours=1), 3
-    assert jobs.sweep(rt, sent.append)["failed"] == 1
+    assert jobs.sweep(rt)["failed"] == 1
     with rt.sessions() as s:
         assert s.get(Case, case_id).status == "analysis_failed"
 
@@ -106,31 +104,40 @@ def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack,
     case2, job2 = submit(embedded_stack, ham_jpegs[:1])
     with rt.sessions() as s, s.begin():
         s.get(AnalysisJob, job2).status = "pending"       # as if the broker was down at intake
-    assert jobs.sweep(rt, down, now=later)["sent"] == 0
+    assert jobs.sweep(embedded_stack.runtime(dispatcher=down), now=later)["sent"] == 0
     with rt.sessions() as s:
         assert s.get(AnalysisJob, job2).status == "pending"
 
 
 def test_micro_batcher_merges_concurrent_requests():
     calls = []
+    first_batch_running, release = threading.Event(), threading.Event()
 
     def fn(items):
         calls.append(len(items))
-        time.sleep(0.01)
+        if len(calls) == 1:          # hold the first batch until every caller has queued
+            first_batch_running.set()
+            assert release.wait(30)
         return [x * 2 for x in items]
-    b = MicroBatcher(fn, max_batch=16, max_wait_ms=100)
+    b = MicroBatcher(fn, max_batch=16, max_wait_ms=1)
     out = {}
 
     def work(i):
         out[i] = b.run([i, i + 100])
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for t in threads:
+    threads = [threading.Thread(target=work, args=(0,))]
+    threads[0].start()
+    assert first_batch_running.wait(30)
+    threads += [threading.Thread(target=work, args=(i,)) for i in range(1, 6)]
+    for t in threads[1:]:
         t.start()
+    assert poll(lambda: b.waiting() == 10, 30, 0.01, "callers queued")
+    release.set()
     for t in threads:
         t.join()
     b.close()
     assert all(out[i] == [2 * i, 2 * (i + 100)] for i in range(6))
-    assert sum(calls) == 12 and max(calls) > 2, calls
+    assert calls == [2, 10], calls
+    assert b.batch_sizes == {2: 1, 10: 1}
 
 
 def test_micro_batcher_hands_errors_to_every_caller():

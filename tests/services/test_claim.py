@@ -1,29 +1,16 @@
 """Claiming on real PostgreSQL: concurrent dermatologists never get the same case."""
 
 import threading
-from datetime import timedelta
 
-from sqlalchemy import select
 
 from services import queue
 from services.errors import Conflict
-from services.models import Case, User, utcnow
+from services.models import Case, User
+from tests.factories import queued_case
 
 
 def queued_cases(rt, n):
-    with rt.sessions() as s, s.begin():
-        gp = s.scalar(select(User).where(User.username == "gp1"))
-        ids = []
-        for i in range(n):
-            c = Case(gp_id=gp.id, patient_pseudonym=f"P{i}", age=60, sex="male", body_site="back",
-                     changed=False, bleeding=False, gp_question="", status="analysed",
-                     ai_available=True, needs_attention=False, risk_score=float(i), risk_tier="low",
-                     due_at=utcnow() + timedelta(days=14), escalate_at=utcnow() + timedelta(days=10),
-                     queued_at=utcnow())
-            s.add(c)
-            s.flush()
-            ids.append(c.id)
-    return ids
+    return [queued_case(rt, f"P{i}", p_bcc=i / n) for i in range(n)]
 
 
 def dermatologists(rt, n):
@@ -42,8 +29,7 @@ def test_concurrent_claims_of_one_case_give_it_to_exactly_one(full_stack):
     def attempt(user):
         barrier.wait()
         try:
-            with rt.sessions() as s, s.begin():
-                queue.claim(s, user, case_id)
+            queue.claim(rt, user, case_id)
             won.append(user.username)
         except Conflict:
             lost.append(user.username)
@@ -69,8 +55,7 @@ def test_many_claimers_many_cases_no_case_twice(full_stack):
     def work(user):
         for case_id in ids:          # everyone tries every case, in the same order
             try:
-                with rt.sessions() as s, s.begin():
-                    queue.claim(s, user, case_id)
+                queue.claim(rt, user, case_id)
                 with lock:
                     claims.setdefault(case_id, []).append(user.username)
             except Conflict:
@@ -83,5 +68,4 @@ def test_many_claimers_many_cases_no_case_twice(full_stack):
         t.join()
     assert sorted(claims) == sorted(ids)
     assert all(len(v) == 1 for v in claims.values())
-    with rt.sessions() as s:
-        assert queue.list_queue(s, derms[0]) == []
+    assert queue.list_queue(rt, derms[0]) == []

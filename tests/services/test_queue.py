@@ -2,28 +2,19 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from services import queue, risk
-from services.models import Case, User, utcnow
+from services import queue
+from services.models import Case, utcnow
+from tests.factories import queued_case, user
 
 
 def add_case(rt, pseudonym, p_bcc, received, **flags):
-    with rt.sessions() as s, s.begin():
-        gp = s.scalar(select(User).where(User.username == "gp1"))
-        r = risk.assess([risk.ImageFinding(p_bcc, [], True, [])], bleeding=flags.get("bleeding", False),
-                        changed=False, body_site="back", age=60, received_at=received)
-        c = Case(gp_id=gp.id, patient_pseudonym=pseudonym, age=60, sex="male", body_site="back",
-                 changed=False, bleeding=flags.get("bleeding", False), gp_question="", status="analysed",
-                 ai_available=True, needs_attention=False, risk_score=r.score, risk_tier=r.tier,
-                 risk_reasons=r.reasons, due_at=r.due_at, escalate_at=r.escalate_at, queued_at=received,
-                 created_at=received)
-        s.add(c)
+    queued_case(rt, pseudonym, p_bcc, received, bleeding=flags.get("bleeding", False))
     return pseudonym
 
 
 def order(rt, now):
-    with rt.sessions() as s:
-        derm = s.scalar(select(User).where(User.username == "derm1"))
-        rows = queue.list_queue(s, derm, now=now)
+    rows = queue.list_queue(rt, user(rt, "derm1"), now=now)
+    with rt.read() as s:
         names = {c.id: c.patient_pseudonym for c in s.scalars(select(Case))}
     return [names[r["case_id"]] for r in rows], rows
 
@@ -53,7 +44,5 @@ def test_claimed_cases_leave_the_queue(stack):
     rt = stack.runtime()
     add_case(rt, "a", 0.9, utcnow())
     names, rows = order(rt, utcnow())
-    with rt.sessions() as s, s.begin():
-        derm = s.scalar(select(User).where(User.username == "derm1"))
-        queue.claim(s, derm, rows[0]["case_id"])
+    queue.claim(rt, user(rt, "derm1"), rows[0]["case_id"])
     assert order(rt, utcnow())[0] == []

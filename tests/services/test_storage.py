@@ -4,7 +4,7 @@ import pytest
 
 from services.storage import LocalDiskStore, ObjectNotFound, StorageError, open_store
 
-from ..conftest import free_port
+from tests.factories import free_port
 
 
 @pytest.fixture(params=["disk", "s3"])

@@ -8,22 +8,8 @@ from sqlalchemy import func, select
 from services.models import AnalysisJob, Case, CaseImage
 from services.storage import LocalDiskStore
 
-from ..conftest import encode, token_for
-
-FIELDS = {"patient_pseudonym": "P-001", "age": "71", "sex": "female", "body_site": "nose",
-          "duration_months": "8", "changed": "true", "bleeding": "false",
-          "gp_question": "Pearly papule, BCC?"}
-
-
-def jpeg_with_gps() -> bytes:
-    img = Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8))
-    exif = Image.Exif()
-    exif[0x0112] = 1
-    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}   # GPS IFD
-    exif[0x010F] = "PhoneMaker"
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", exif=exif)
-    return buf.getvalue()
+from tests.factories import CASE_FIELDS as FIELDS
+from tests.factories import encode, free_port, jpeg_with_gps, post_case, token_for
 
 
 def counts(stack):
@@ -42,15 +28,6 @@ def stored_objects(stack) -> int:
     if not store.client.bucket_exists(store.bucket):
         return 0
     return sum(1 for _ in store.client.list_objects(store.bucket, recursive=True))
-
-
-def post_case(client, headers, fields=FIELDS, images=None):
-    images = images if images is not None else [("images", (io.BytesIO(jpeg_with_gps()), "lesion.jpg"))]
-    data = dict(fields)
-    data.update({k: v for k, v in images} if len(images) == 1 else {})
-    if len(images) != 1:
-        data["images"] = [v for _, v in images]
-    return client.post("/api/v1/cases", data=data, headers=headers, content_type="multipart/form-data")
 
 
 def test_submit_stores_case_images_and_job_with_exif_stripped(stack, ham_jpegs):
@@ -114,10 +91,7 @@ def test_no_image_and_not_multipart(embedded_stack):
 
 
 def test_storage_down_gives_503_and_nothing_stored(full_stack, monkeypatch):
-    from ..conftest import free_port
-    from tests.pipeline_support import Stack
-    env = {**full_stack.env, "OBJECT_STORE_URL": f"s3://k:s@127.0.0.1:{free_port()}/gone"}
-    broken = Stack("full", env)
+    broken = full_stack.with_env(OBJECT_STORE_URL=f"s3://k:s@127.0.0.1:{free_port()}/gone")
     client = broken.app().test_client()
     r = post_case(client, token_for(client, "gp1"))
     assert r.status_code == 503 and "storage" in r.json["message"]

@@ -1,15 +1,13 @@
 import io
-import time
 
 import pytest
 from click.testing import CliRunner
 
 from services.config import ConfigurationError, Settings
-from services.models import Case, User
+from services.models import User
 from services.users import issue_token
-
-from ..conftest import ACCOUNTS, PASSWORD, token_for
-from .test_intake import jpeg_with_gps, post_case
+from tests.factories import (ACCOUNTS, PASSWORD, FakeClock, jpeg_with_gps, mark_queued, post_case,
+                             token_for)
 
 ROLES = ["gp1", "gp2", "derm1", "auditor1", "admin1", None]
 
@@ -23,14 +21,7 @@ def world(stack):
     r = post_case(client, headers["gp1"])
     assert r.status_code == 201
     case_id = r.json["id"]
-    rt = stack.runtime()
-    from datetime import timedelta
-    from services.models import utcnow
-    with rt.sessions() as s, s.begin():
-        c = s.get(Case, case_id)
-        c.status, c.risk_score, c.risk_tier = "analysed", 50.0, "routine"
-        c.due_at, c.escalate_at, c.queued_at = utcnow() + timedelta(days=5), utcnow() + timedelta(days=4), utcnow()
-        image_id = c.images[0].id
+    image_id = mark_queued(stack.runtime(), case_id)
     return {"client": client, "headers": headers, "case": case_id, "image": image_id, "stack": stack}
 
 
@@ -128,12 +119,12 @@ def test_forms_without_csrf_token_are_refused(world):
 
 
 def test_expired_forged_and_foreign_tokens_are_refused(embedded_stack):
-    from tests.pipeline_support import Stack
-    short = Stack("embedded", {**embedded_stack.env, "TOKEN_MAX_AGE_S": "1"})
-    client = short.app().test_client()
+    clock = FakeClock()
+    short = embedded_stack.with_env(TOKEN_MAX_AGE_S=1)
+    client = short.app(clock=clock).test_client()
     h = token_for(client, "gp1")
     assert client.get("/api/v1/cases", headers=h).status_code == 200
-    time.sleep(2.1)
+    clock.advance(2.1)
     r = client.get("/api/v1/cases", headers=h)
     assert r.status_code == 401 and r.json["message"] == "token expired"
     client = embedded_stack.app().test_client()

@@ -1,0 +1,38 @@
+"""The message broker adapter: Celery as seen by the processes that send work.
+
+The web only ever *sends* analysis jobs, by task name, so it needs Celery's client and the
+task's name, never the worker's code. The workers build the same Celery application from
+the same settings and register the task under that name (workers/tasks.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from .config import ANALYSIS_QUEUE, Settings
+
+ANALYSE_TASK = "dermatriage.analyse_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    options = settings.broker_transport_options
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+        if key in options:       # kombu's filesystem transport expects them to exist
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
+    celery = Celery("dermatriage")
+    celery.config_from_object(settings.celery_config())
+    return celery
+
+
+class CeleryDispatcher:
+    """The analysis dispatcher port (``Runtime.send_job``) backed by the broker."""
+
+    def __init__(self, celery: Celery):
+        self.celery = celery
+
+    def __call__(self, job_id: str) -> None:
+        # retry=False: if the broker is down, fail now and leave the job to the sweeper
+        # rather than hold the GP's request open.
+        self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False)

@@ -1,0 +1,49 @@
+"""Every error becomes one response here: JSON under /api/, an error page elsewhere.
+
+The product's errors (services.errors.DermaTriageError) already say what went wrong and with
+which status; Flask's own HTTP errors (unknown URL, wrong method, request too large) are
+given the same shape.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from services.errors import DermaTriageError
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def render_error(status: int, code: str, message: str, field: str | None = None):
+    if wants_json():
+        body = {"error": code, "message": message}
+        if field:
+            body["field"] = field
+        return jsonify(body), status
+    return render_template("error.html", message=message, status=status), status
+
+
+def _http_message(exc: HTTPException) -> tuple[str, str]:
+    if exc.code == 404:
+        return "not_found", (f"no such resource {request.path}" if wants_json() else "page not found")
+    if exc.code == 405:
+        return "method_not_allowed", (f"{request.method} is not allowed on {request.path}"
+                                      if wants_json() else "method not allowed")
+    if exc.code == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
+        return "too_large", f"request larger than {limit} MB"
+    return (exc.name or "error").lower().replace(" ", "_"), exc.description or exc.name
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(DermaTriageError)
+    def product_error(exc: DermaTriageError):
+        return render_error(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code, message = _http_message(exc)
+        return render_error(exc.code or 500, code, message)
