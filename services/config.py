@@ -39,6 +39,11 @@ def shared_data_dir() -> Path:
     return Path(os.environ.get("DERMATRIAGE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 
+def shared_models_dir() -> Path:
+    """Pretrained weights (read-only, never committed): ../shared/models by default."""
+    return Path(os.environ.get("DERMATRIAGE_SHARED_MODELS", PROJECT_ROOT.parent / "shared" / "models"))
+
+
 def _object_store_url(env: dict, base: Path) -> str:
     if env.get("OBJECT_STORE_URL"):
         return env["OBJECT_STORE_URL"]

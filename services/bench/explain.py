@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diagnosis.engine import Engine
-from ..diagnosis.preprocess import normalise_batch
+from ..diagnosis.preprocess import to_unit
 from ..modelling.synthetic import generate
 
 
@@ -36,7 +36,7 @@ def _sync(engine: Engine) -> None:
 
 
 def bench_explain(engine: Engine, batch: int = 32, rounds: int = 5, seed: int = 0) -> dict:
-    x = normalise_batch(generate(batch, seed, engine.input_size).images)
+    x = to_unit(generate(batch, seed, engine.input_size).images)
     runs = {
         "forward": lambda: engine.forward(x),
         "full": lambda: engine.explain_tensors(x),

@@ -21,8 +21,7 @@ from .gradcam import all_target_cams
 from .lesion import lesion_masks
 from .map_numbers import MapNumbers, as_records, map_numbers
 from .patterns import PATTERNS, TARGETS
-from .preprocess import (MEAN, STD, PREPROCESSING_VERSION, ImageDecodeError, ImageQuality,
-                         prepare)
+from .preprocess import PREPROCESSING_VERSION, ImageDecodeError, ImageQuality, prepare
 
 
 @dataclass
@@ -97,8 +96,6 @@ class Engine:
         self.input_size = loaded.model.arch.input_size
         self.thresholds = dict(self.card.thresholds)
         self._lock = threading.Lock()
-        self._mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
 
     @classmethod
     def load(cls, weights: str | Path, device: str | None = None) -> "Engine":
@@ -121,8 +118,7 @@ class Engine:
             x = self._to_device(x)
             cams = all_target_cams(self.model, x)
         probs = torch.sigmoid(cams.logits)
-        rgb01 = (x.float() * self._std + self._mean).clamp(0, 1)
-        lesion, methods = lesion_masks(rgb01)
+        lesion, methods = lesion_masks(x.float())
         numbers = as_records(map_numbers(cams.normalised, cams.peak_raw, probs, lesion.to(x.device)))
         p = probs.tolist()
         clinical = []

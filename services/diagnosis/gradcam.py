@@ -55,7 +55,7 @@ def head_jacobian(model: BCCPatternNet, pooled: Tensor) -> tuple[Tensor, Tensor]
 def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None) -> CamOutput:
     """Logits and Grad-CAM maps for all targets of a batch; no backbone backward pass."""
     with torch.no_grad():
-        features = model.features(x)
+        features = model.embed(x)
     # The backbone may run under autocast; heads and maps stay in float32 (they are cheap,
     # and the maps' numbers are reported to four decimals).
     with torch.autocast(device_type=x.device.type, enabled=False):

@@ -61,3 +61,104 @@ def f1(truth: np.ndarray, pred: np.ndarray) -> float:
     fp = float(np.sum(~truth.astype(bool) & pred))
     fn = float(np.sum(truth.astype(bool) & ~pred))
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+# --- classification --------------------------------------------------------------------------
+def auc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); nan without both classes."""
+    truth = np.asarray(truth).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    sorted_scores = score[order]
+    # average ranks over ties
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(score)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_with_ci(truth: np.ndarray, score: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                level: float = 0.95) -> dict:
+    """AUC with a percentile bootstrap interval (resampling images, stratified by class so
+    every resample has both)."""
+    truth = np.asarray(truth).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(truth), np.flatnonzero(~truth)
+    point = auc(truth, score)
+    if len(pos) == 0 or len(neg) == 0:
+        return {"auc": None, "ci95": None, "positives": len(pos), "negatives": len(neg)}
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots.append(auc(truth[idx], score[idx]))
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"auc": round(point, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "positives": len(pos), "negatives": len(neg)}
+
+
+def sensitivity_specificity(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    truth = np.asarray(truth).astype(bool)
+    predicted = np.asarray(predicted).astype(bool)
+    tp, fn = int((truth & predicted).sum()), int((truth & ~predicted).sum())
+    tn, fp = int((~truth & ~predicted).sum()), int((~truth & predicted).sum())
+    return {"sensitivity": round(tp / max(1, tp + fn), 4), "specificity": round(tn / max(1, tn + fp), 4),
+            "tp": tp, "fn": fn, "tn": tn, "fp": fp}
+
+
+def threshold_for_sensitivity(truth: np.ndarray, score: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose sensitivity is at least the one asked for."""
+    positives = np.sort(np.asarray(score)[np.asarray(truth).astype(bool)])
+    if len(positives) == 0:
+        return 0.5
+    k = int(np.floor((1 - sensitivity) * len(positives)))
+    return float(positives[min(k, len(positives) - 1)])
+
+
+def youden_threshold(truth: np.ndarray, score: np.ndarray) -> float:
+    """The threshold that maximises sensitivity + specificity - 1."""
+    truth = np.asarray(truth).astype(bool)
+    best, best_t = -1.0, 0.5
+    for t in np.unique(np.asarray(score)):
+        pred = np.asarray(score) >= t
+        j = (pred & truth).sum() / max(1, truth.sum()) + (~pred & ~truth).sum() / max(1, (~truth).sum()) - 1
+        if j > best:
+            best, best_t = j, float(t)
+    return best_t
+
+
+def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray, classes: int) -> float:
+    recalls = [float((predicted[truth == c] == c).mean()) for c in range(classes) if (truth == c).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def expected_calibration_error(truth: np.ndarray, probability: np.ndarray, bins: int = 10) -> dict:
+    """ECE over equal-width bins, and the bins themselves for a reliability plot."""
+    truth = np.asarray(truth).astype(float)
+    p = np.asarray(probability, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            conf, acc = float(p[sel].mean()), float(truth[sel].mean())
+            ece += sel.mean() * abs(conf - acc)
+            rows.append({"bin": b, "count": int(sel.sum()), "confidence": round(conf, 4),
+                         "observed": round(acc, 4)})
+    return {"ece": round(float(ece), 4), "bins": rows}
+
+
+def roc_curve(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.asarray(truth).astype(bool)
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    t = truth[order]
+    tpr = np.concatenate([[0], np.cumsum(t) / max(1, t.sum())])
+    fpr = np.concatenate([[0], np.cumsum(~t) / max(1, (~t).sum())])
+    return fpr, tpr

@@ -1,8 +1,22 @@
-"""The diagnosis network: MobileNet-V2 features, global pooling, two three-layer heads.
+"""The diagnosis network: MobileNet-V2 features, global pooling, three-layer heads.
 
-One head gives the BCC logit, the other the seven pattern logits (multi-label). Both read the
-same pooled vector, so Grad-CAM for all eight targets needs the last feature map once and the
-heads' gradients with respect to the pooled vector (see ``gradcam.py``).
+One head gives the BCC logit, one the seven pattern logits (multi-label) and, in models
+trained on real images, one the HAM10000 diagnoses (softmax: nv, mel, bcc, akiec, bkl, df,
+vasc), so that the referral risk knows melanoma and squamous/precancer too. All heads read
+the same pooled vector, so Grad-CAM for every target needs the last feature map once and
+the heads' gradients with respect to the pooled vector (see ``gradcam.py``).
+
+The network takes images scaled to [0, 1] and normalises them itself with the statistics
+its backbone was trained with (``Architecture.input_norm``): ImageNet mean/std for
+torchvision-style weights, x * 2 - 1 for Keras-converted ones.
+
+The map the heads read (and Grad-CAM explains) is either the last feature map, or, with
+``taps``, a hypercolumn: the outputs of several blocks, each average-pooled to the last
+map's grid and stacked along channels, with their squares when ``squares`` is set (so the
+pooled vector holds each channel's mean and mean square, its spread). Frozen ImageNet
+features read this way separate dermoscopic diagnoses far better than the last layer alone
+(measured in services/modelling/train.py's notes), and Grad-CAM stays exact: the heads
+still read only the spatial mean of one map.
 """
 
 from __future__ import annotations
@@ -10,10 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .mobilenet_v2 import MobileNetV2Features, init_weights
 from .patterns import PATTERNS
+
+INPUT_NORMS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "tf": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),      # Keras: x / 127.5 - 1
+}
 
 
 @dataclass(frozen=True)
@@ -26,19 +46,33 @@ class Architecture:
     input_size: int = 224
     hidden: tuple[int, int] = (256, 128)
     dropout: float = 0.3
+    input_norm: str = "imagenet"
+    same_padding: bool = False
+    diagnoses: tuple[str, ...] = ()
+    taps: tuple[int, ...] = ()
+    squares: bool = False
 
     def to_dict(self) -> dict:
         return {"name": self.name, "width_mult": self.width_mult,
                 "output_stride": self.output_stride, "input_size": self.input_size,
-                "hidden": list(self.hidden), "dropout": self.dropout}
+                "hidden": list(self.hidden), "dropout": self.dropout,
+                "input_norm": self.input_norm, "same_padding": self.same_padding,
+                "diagnoses": list(self.diagnoses), "taps": list(self.taps),
+                "squares": self.squares}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
         if d.get("name", "mobilenet_v2") != "mobilenet_v2":
             raise ValueError(f"unknown architecture {d.get('name')!r}")
+        if d.get("input_norm", "imagenet") not in INPUT_NORMS:
+            raise ValueError(f"unknown input normalisation {d.get('input_norm')!r}")
         return cls(name="mobilenet_v2", width_mult=float(d["width_mult"]),
                    output_stride=int(d["output_stride"]), input_size=int(d["input_size"]),
-                   hidden=tuple(d["hidden"]), dropout=float(d["dropout"]))
+                   hidden=tuple(d["hidden"]), dropout=float(d["dropout"]),
+                   input_norm=d.get("input_norm", "imagenet"),
+                   same_padding=bool(d.get("same_padding", False)),
+                   diagnoses=tuple(d.get("diagnoses", ())), taps=tuple(d.get("taps", ())),
+                   squares=bool(d.get("squares", False)))
 
 
 def classifier(in_features: int, hidden: tuple[int, int], out_features: int,
@@ -52,25 +86,74 @@ def classifier(in_features: int, hidden: tuple[int, int], out_features: int,
     )
 
 
+def _out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
 class BCCPatternNet(nn.Module):
-    """Outputs eight logits per image: BCC, then PN UL BO MG ML SW AT."""
+    """Eight map-target logits per image (BCC, then PN UL BO MG ML SW AT), and optionally
+    one logit per diagnosis."""
 
     def __init__(self, arch: Architecture = Architecture()):
         super().__init__()
         self.arch = arch
-        backbone = MobileNetV2Features(arch.width_mult, arch.output_stride)
+        backbone = MobileNetV2Features(arch.width_mult, arch.output_stride, arch.same_padding)
         # ``features`` sits at the top level so torchvision's keys load unchanged.
         self.features = backbone.features
-        channels = backbone.out_channels
+        if arch.taps:
+            if sorted(set(arch.taps)) != list(arch.taps) or arch.taps[-1] != len(self.features) - 1:
+                raise ValueError("taps must be increasing block indices ending with the last block")
+            channels = sum(_out_channels(self.features[i]) for i in arch.taps)
+        else:
+            channels = backbone.out_channels
+        channels *= 2 if arch.squares else 1
+        self.map_channels = channels
+        # Standardises the pooled vector for the heads (set from training data; identity
+        # until then). Linear, so Grad-CAM's gradients pass through it exactly. Saved only
+        # for hypercolumn models (the demo's artifacts predate it and need none).
+        self.register_buffer("pooled_mean", torch.zeros(channels), persistent=bool(arch.taps))
+        self.register_buffer("pooled_std", torch.ones(channels), persistent=bool(arch.taps))
         self.bcc_head = classifier(channels, arch.hidden, 1, arch.dropout)
         self.pattern_head = classifier(channels, arch.hidden, len(PATTERNS), arch.dropout)
+        self.diagnosis_head = (classifier(channels, arch.hidden, len(arch.diagnoses), arch.dropout)
+                               if arch.diagnoses else None)
+        mean, std = INPUT_NORMS[arch.input_norm]
+        # Not in the state dict: they follow from the architecture.
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         # torchvision's N(0, 0.01) for linear layers suits its single-layer classifier; through
         # three layers it shrinks the signal ~150x and the pattern head barely learns, so the
         # heads keep PyTorch's default (Kaiming-uniform) initialisation.
         init_weights(self.features)
 
+    def embed(self, x: Tensor) -> Tensor:
+        """The map the heads read, for (B, 3, S, S) images in [0, 1]."""
+        x = (x - self.input_mean) / self.input_std
+        if not self.arch.taps:
+            return self.features(x)
+        wanted, taps = set(self.arch.taps), []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in wanted:
+                taps.append(x)
+        grid = taps[-1].shape[-2:]
+        stacked = torch.cat([t if t.shape[-2:] == grid else F.adaptive_avg_pool2d(t, grid)
+                             for t in taps], dim=1)
+        return torch.cat([stacked, stacked * stacked], dim=1) if self.arch.squares else stacked
+
+    def _standardise(self, pooled: Tensor) -> Tensor:
+        return (pooled - self.pooled_mean) / self.pooled_std
+
     def heads(self, pooled: Tensor) -> Tensor:
-        return torch.cat([self.bcc_head(pooled), self.pattern_head(pooled)], dim=1)
+        """The eight Grad-CAM targets' logits."""
+        z = self._standardise(pooled)
+        return torch.cat([self.bcc_head(z), self.pattern_head(z)], dim=1)
+
+    def diagnosis_logits(self, pooled: Tensor) -> Tensor | None:
+        if self.diagnosis_head is None:
+            return None
+        return self.diagnosis_head(self._standardise(pooled))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.heads(self.features(x).mean(dim=(2, 3)))
+        return self.heads(self.embed(x).mean(dim=(2, 3)))

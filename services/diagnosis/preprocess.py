@@ -22,9 +22,6 @@ ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
 MAX_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 40_000_000          # decompression-bomb guard (a 40-megapixel photo is fine)
 MIN_SIDE = 64
-# ImageNet statistics: the backbone's convention, kept so ImageNet weights stay usable.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 # Quality thresholds, calibrated on HAM10000 images and their blurred / darkened copies
 # (tests/diagnosis/test_preprocess.py checks them against real images).
@@ -80,7 +77,7 @@ class ImageQuality:
 class PreparedImage:
     """One decoded upload: the model input, and what is needed to map results back."""
 
-    tensor: torch.Tensor            # (3, S, S) float32, normalised
+    tensor: torch.Tensor            # (3, S, S) float32 in [0, 1] (the network normalises)
     rgb: np.ndarray                 # (S, S, 3) uint8, the crop the model saw
     media_type: str
     width: int                      # after EXIF orientation
@@ -160,26 +157,16 @@ def measure_quality(rgb: np.ndarray) -> ImageQuality:
                         bright_clipped=round(float((g > 0.98).mean()), 4))
 
 
-def normalise(rgb: np.ndarray) -> torch.Tensor:
-    """(S, S, 3) uint8 -> (3, S, S) float32 with ImageNet mean/std."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(3, 1, 1)
-    std = torch.tensor(STD).view(3, 1, 1)
-    return (t - mean) / std
-
-
-def normalise_batch(rgb: np.ndarray) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32, the batched form used in training."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (t - mean) / std
+def to_unit(rgb: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) or (N, S, S, 3) uint8 -> (3, S, S) / (N, 3, S, S) float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)
+    return t.permute(2, 0, 1) if t.dim() == 3 else t.permute(0, 3, 1, 2)
 
 
 def prepare(data: bytes, size: int) -> PreparedImage:
     img, media_type = decode(data)
     crop, box = resize_and_crop(img, size)
     rgb = np.array(crop, dtype=np.uint8)
-    return PreparedImage(tensor=normalise(rgb), rgb=rgb, media_type=media_type,
+    return PreparedImage(tensor=to_unit(rgb), rgb=rgb, media_type=media_type,
                          width=img.width, height=img.height, crop_box=box,
                          quality=measure_quality(rgb))

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from ..diagnosis import artifact
 from ..diagnosis.gradcam import signed_cams
 from ..diagnosis.metrics import f1, region_stats
-from ..diagnosis.network import Architecture, BCCPatternNet
+from ..diagnosis.network import INPUT_NORMS, Architecture, BCCPatternNet
 from ..diagnosis.patterns import PATTERNS
-from ..diagnosis.preprocess import PREPROCESSING_VERSION, normalise_batch
+from ..diagnosis.preprocess import PREPROCESSING_VERSION, to_unit
 from .synthetic import SyntheticSet, concat, generate
 
 DEMO_NAME = "dermatriage-demo-bcc"
@@ -96,7 +96,8 @@ def augment(x: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     masks = torch.where(flip[:, None, None, None], masks.flip(3), masks)
     gain = 1 + 0.15 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
-    x = x * gain
+    mean = torch.tensor(INPUT_NORMS["imagenet"][0]).view(1, 3, 1, 1)
+    x = mean + (x - mean) * gain          # contrast around the mean, as on normalised input
     blur = torch.rand(b, generator=gen) < 0.2
     if blur.any():
         kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
@@ -163,7 +164,7 @@ def predict(model: BCCPatternNet, images: np.ndarray, batch: int = 64) -> np.nda
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            x = normalise_batch(images[i:i + batch]).contiguous(memory_format=torch.channels_last)
+            x = to_unit(images[i:i + batch]).contiguous(memory_format=torch.channels_last)
             out.append(torch.sigmoid(model(x)))
     return torch.cat(out).numpy()
 
@@ -190,7 +191,7 @@ def build_demo(out: Path, config: TrainConfig = TrainConfig(), progress: bool = 
     stride = config.output_stride
     # Pattern masks plus, as the last channel, the lesion mask: all at feature resolution.
     m_all = feature_masks(np.concatenate([train.pattern_masks, train.lesion_masks[:, None]], 1), stride)
-    x_all = normalise_batch(train.images)
+    x_all = to_unit(train.images)
     y_bcc = torch.from_numpy(train.bcc.astype(np.float32))[:, None]
     y_pat = torch.from_numpy(train.patterns.astype(np.float32))
     steps_per_epoch = math.ceil(config.n_train / config.batch_size)
@@ -209,7 +210,7 @@ def build_demo(out: Path, config: TrainConfig = TrainConfig(), progress: bool = 
             for s in range(steps_per_epoch):
                 idx = order[s * config.batch_size:(s + 1) * config.batch_size]
                 x, m = augment(x_all[idx], m_all[idx], gen)
-                features = model.features(x.contiguous(memory_format=torch.channels_last))
+                features = model.embed(x.contiguous(memory_format=torch.channels_last))
                 pooled = features.mean(dim=(2, 3))
                 logits = model.heads(pooled)
                 loss = (F.binary_cross_entropy_with_logits(logits[:, :1], y_bcc[idx])

@@ -18,7 +18,7 @@ import torch
 from ..diagnosis.engine import Engine
 from ..diagnosis.metrics import alignment, f1, region_stats
 from ..diagnosis.patterns import PATTERNS, rule_says_bcc
-from ..diagnosis.preprocess import normalise_batch
+from ..diagnosis.preprocess import to_unit
 from .synthetic import generate
 
 
@@ -27,7 +27,7 @@ def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
     data = generate(n, seed, size)
     probs, per_map, per_map_code, bcc_share = [], {}, [], []
     for i in range(0, n, batch):
-        x = normalise_batch(data.images[i:i + batch])
+        x = to_unit(data.images[i:i + batch])
         out = engine.explain_tensors(x)
         probs.append(out.probabilities.cpu())
         bcc_maps = out.normalised.cpu()[:, 0].flatten(1)

@@ -31,7 +31,7 @@ def test_off_lesion_share_is_the_bcc_map_mass_off_the_lesion():
     torch.manual_seed(0)
     model = BCCPatternNet(Architecture(width_mult=0.35, input_size=64)).eval()
     x = torch.randn(3, 3, 64, 64)
-    features = model.features(x)
+    features = model.embed(x)
     pooled = features.mean(dim=(2, 3))
     logits = model.heads(pooled)
     # The BCC map as served: training builds it with the same formula (gradcam.signed_cams).

@@ -1,0 +1,115 @@
+"""Labelled image folders: HAM10000, Derm7pt and a plain CSV layout, as one list of samples.
+
+Every sample carries what is known about it and nothing more: a diagnosis (one of the seven
+HAM10000 classes) when the source gives one that maps, BCC yes/no, and pattern labels only
+where experts gave them (Derm7pt: PN = pigment network present, AT = arborizing vessels).
+Missing labels are ``None`` and are left out of every loss and metric.
+
+Layouts (``load_dataset`` tells them apart by their CSV file):
+- HAM10000: ``metadata.csv`` (lesion_id, image_id, dx, ...) and ``images/<image_id>.jpg``.
+- Derm7pt: ``meta.csv`` (diagnosis, pigment_network, vascular_structures, derm, ...) and
+  ``images/<derm>``.
+- Plain: ``labels.csv`` with a column ``image`` (path under the folder) and any of ``dx``
+  (nv mel bcc akiec bkl df vasc), ``bcc`` (0/1), ``PN``, ``AT`` (0/1), ``group`` (images of
+  one lesion share a group, so they never straddle a cross-validation split).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ValidationError
+
+DIAGNOSES = ("nv", "mel", "bcc", "akiec", "bkl", "df", "vasc")
+DIAGNOSIS_NAMES = {"nv": "melanocytic naevus", "mel": "melanoma", "bcc": "basal cell carcinoma",
+                   "akiec": "actinic keratosis / intraepithelial carcinoma (SCC in situ)",
+                   "bkl": "benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}
+LABELLED_PATTERNS = ("PN", "AT")
+
+# Derm7pt's diagnoses in HAM10000's classes; the rest (melanosis, miscellaneous) have none.
+DERM7PT_DIAGNOSES = {
+    "basal cell carcinoma": "bcc", "blue nevus": "nv", "clark nevus": "nv", "combined nevus": "nv",
+    "congenital nevus": "nv", "dermal nevus": "nv", "recurrent nevus": "nv",
+    "reed or spitz nevus": "nv", "dermatofibroma": "df", "lentigo": "bkl",
+    "seborrheic keratosis": "bkl", "vascular lesion": "vasc",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    group: str
+    source: str
+    dx: str | None = None
+    bcc: int | None = None
+    PN: int | None = None
+    AT: int | None = None
+
+
+def load_ham10000(folder: Path) -> list[Sample]:
+    out = []
+    for row in csv.DictReader(open(folder / "metadata.csv")):
+        dx = row["dx"].strip()
+        if dx not in DIAGNOSES:
+            raise ValidationError(f"{folder}: unknown diagnosis {dx!r} for {row['image_id']}", "dx")
+        out.append(Sample(folder / "images" / f"{row['image_id']}.jpg", "ham:" + row["lesion_id"],
+                          "ham10000", dx, int(dx == "bcc")))
+    return out
+
+
+def load_derm7pt(folder: Path) -> list[Sample]:
+    out = []
+    for row in csv.DictReader(open(folder / "meta.csv")):
+        diagnosis = row["diagnosis"].strip().lower()
+        dx = "mel" if diagnosis.startswith("melanoma") else DERM7PT_DIAGNOSES.get(diagnosis)
+        out.append(Sample(folder / "images" / row["derm"], "derm7pt:" + row["derm"], "derm7pt", dx,
+                          int(diagnosis == "basal cell carcinoma"),
+                          PN=int(row["pigment_network"].strip() != "absent"),
+                          AT=int(row["vascular_structures"].strip() == "arborizing")))
+    return out
+
+
+def _flag(value: str, column: str, image: str) -> int | None:
+    value = (value or "").strip().lower()
+    if value == "":
+        return None
+    if value in ("1", "true", "yes"):
+        return 1
+    if value in ("0", "false", "no"):
+        return 0
+    raise ValidationError(f"labels.csv: {column} of {image} must be 0 or 1, not {value!r}", column)
+
+
+def load_labels_csv(folder: Path) -> list[Sample]:
+    out = []
+    for row in csv.DictReader(open(folder / "labels.csv")):
+        image = (row.get("image") or "").strip()
+        if not image:
+            raise ValidationError("labels.csv needs an 'image' column with a path per row", "image")
+        dx = (row.get("dx") or "").strip() or None
+        if dx is not None and dx not in DIAGNOSES:
+            raise ValidationError(f"labels.csv: dx of {image} must be one of {', '.join(DIAGNOSES)}", "dx")
+        bcc = _flag(row.get("bcc", ""), "bcc", image)
+        out.append(Sample(folder / image, "csv:" + ((row.get("group") or "").strip() or image), "csv", dx,
+                          bcc if bcc is not None else (None if dx is None else int(dx == "bcc")),
+                          PN=_flag(row.get("PN", ""), "PN", image), AT=_flag(row.get("AT", ""), "AT", image)))
+    return out
+
+
+def load_dataset(folder: Path) -> list[Sample]:
+    folder = Path(folder)
+    for name, loader in (("metadata.csv", load_ham10000), ("meta.csv", load_derm7pt),
+                         ("labels.csv", load_labels_csv)):
+        if (folder / name).is_file():
+            samples = loader(folder)
+            missing = [s.path for s in samples if not s.path.is_file()]
+            if missing:
+                raise ValidationError(f"{len(missing)} images listed in {folder / name} are missing, "
+                                      f"e.g. {missing[0]}", "images")
+            if not samples:
+                raise ValidationError(f"{folder / name} lists no images", "images")
+            return samples
+    raise ValidationError(f"{folder} has none of metadata.csv (HAM10000), meta.csv (Derm7pt) "
+                          "or labels.csv", "dataset")
