@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= --find-links /opt/wheels
 
-.PHONY: install test run model migrate tools clean
+.PHONY: install test run model demo-model migrate tools clean
 
 install: $(STAMP) tools model migrate
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -c constraints.txt -e '.[build,test]'
 	touch $(STAMP)
 
-# The demo model (synthetic data, not for clinical use) is built once, deterministically.
+# The model `make run` serves, built once, deterministically: the real-image model where
+# ../shared/data is present (about 8 minutes on 2 cores), else the synthetic demo model.
 model: $(STAMP)
+	$(BIN)/dermatriage model build --if-missing
+
+# The synthetic demo model (not for clinical use): the tests need it (about 10 minutes).
+demo-model: $(STAMP)
 	$(BIN)/dermatriage model build-demo --if-missing
 
 # Debian's docker-compose validates docker-compose.yml in the tests (no engine needed).
@@ -27,7 +32,7 @@ tools:
 migrate: $(STAMP)
 	$(BIN)/dermatriage db upgrade
 
-test: install
+test: install demo-model
 	$(BIN)/python -m pytest
 
 run: install

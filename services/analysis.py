@@ -46,6 +46,8 @@ class ModelInfo:
     weights_sha256: str
     thresholds: dict
     bcc_threshold: float
+    operating_points: dict | None = None      # diagnosis operating points for the risk
+    calibration: dict | None = None
 
 
 @dataclass
@@ -78,7 +80,8 @@ def load_analyser(rt: Runtime) -> Analyser:
             loaded = Analyser(MicroBatcher(engine.analyse, rt.settings.batch_max,
                                            rt.settings.batch_wait_ms),
                               ModelInfo(card.name, card.version, card.weights_sha256,
-                                        dict(card.thresholds), card.bcc_threshold))
+                                        dict(card.thresholds), card.bcc_threshold,
+                                        dict(card.operating_points), dict(card.calibration)))
             rt._analyser = loaded
             log.info("model %s %s loaded on %s", card.name, card.version, engine.device)
     return loaded
@@ -152,6 +155,7 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                 model_version=model.version, model_sha256=model.weights_sha256,
                 preprocessing_version=result.preprocessing_version,
                 bcc_probability=result.bcc_probability, diagnosis=result.clinical.diagnosis,
+                diagnosis_probabilities=result.diagnosis_probabilities,
                 pattern_probabilities=result.pattern_probabilities,
                 patterns_present=result.patterns_present, clinical=summary["clinical"],
                 map_numbers=summary["map_numbers"], maps=maps, quality=summary["quality"])
@@ -165,8 +169,11 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                 "preprocessing_version": result.preprocessing_version,
                 "outputs": {"bcc_probability": result.bcc_probability,
                             "pattern_probabilities": result.pattern_probabilities,
-                            "patterns_present": result.patterns_present},
-                "thresholds": {"patterns": model.thresholds, "bcc": model.bcc_threshold},
+                            "patterns_present": result.patterns_present,
+                            "diagnosis_probabilities": result.diagnosis_probabilities},
+                "thresholds": {"patterns": model.thresholds, "bcc": model.bcc_threshold,
+                               "operating_points": model.operating_points or {}},
+                "calibration": model.calibration or {},
                 "clinical": summary["clinical"], "map_numbers": summary["map_numbers"],
                 "maps": maps, "quality": summary["quality"], "image": summary["image"],
                 "lesion_mask_method": result.lesion_mask_method,
@@ -185,9 +192,10 @@ def finish_job(rt: Runtime, job_id: str, model: ModelInfo) -> None:
         preds = s.scalars(select(Prediction).where(
             Prediction.case_id == case.id, Prediction.model_name == model.name,
             Prediction.model_version == model.version)).all()
-        findings = [risk.ImageFinding(p.bcc_probability, p.patterns_present,
-                                      p.clinical["agreement"], p.quality["issues"]) for p in preds]
-        _queue_case(case, findings, ai_available=True)
+        findings = [risk.ImageFinding(p.bcc_probability, evidence_found(p.clinical),
+                                      p.clinical["agreement"], p.quality["issues"],
+                                      p.diagnosis_probabilities) for p in preds]
+        _queue_case(case, findings, ai_available=True, operating_points=model.operating_points)
         job.status, job.finished_at, job.last_error = JobStatus.DONE, utcnow(), None
 
 
@@ -214,10 +222,16 @@ def record_error(rt: Runtime, job_id: str, error: str) -> int:
         return job.attempts
 
 
-def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: bool) -> None:
+def evidence_found(clinical: dict) -> list[str]:
+    """Patterns the explanation used as evidence (validated and present)."""
+    return [e["code"] for e in clinical.get("supporting", []) + clinical.get("contradicting", [])]
+
+
+def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: bool,
+                operating_points: dict | None = None) -> None:
     r = risk.assess(findings, bleeding=case.bleeding, changed=case.changed,
                     body_site=case.body_site, age=case.age, received_at=case.created_at,
-                    ai_available=ai_available)
+                    ai_available=ai_available, operating_points=operating_points)
     if case.status != CaseStatus.CLAIMED:
         case.status = CaseStatus.ANALYSED if ai_available else CaseStatus.ANALYSIS_FAILED
     case.ai_available = ai_available

@@ -231,7 +231,9 @@ def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
         out["predictions"] = [{
             "id": p.id, "image_id": p.image_id, "model": {"name": p.model_name, "version": p.model_version},
             "bcc_probability": p.bcc_probability, "diagnosis": p.diagnosis,
+            "diagnosis_probabilities": p.diagnosis_probabilities,
             "pattern_probabilities": p.pattern_probabilities, "patterns_present": p.patterns_present,
+            "evidence_patterns": p.clinical.get("evidence_patterns", sorted(p.pattern_probabilities)),
             "clinical": p.clinical, "map_numbers": p.map_numbers, "quality": p.quality,
             "maps": sorted(p.maps),
         } for p in predictions]

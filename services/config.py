@@ -28,10 +28,24 @@ def data_dir(env: dict | None = None) -> Path:
     return Path(env.get("DERMATRIAGE_DATA_DIR", base / "var")).resolve()
 
 
+def demo_model_path(env: dict | None = None) -> Path:
+    """The synthetic demo model (tests, and machines without the real data)."""
+    return data_dir(env) / "models" / "demo-bcc.pt"
+
+
+def real_model_path(env: dict | None = None) -> Path:
+    """The model trained on real dermoscopic images (built where ../shared/data is present)."""
+    return data_dir(env) / "models" / "real-bcc.pt"
+
+
 def model_path(env: dict | None = None) -> Path:
-    """Weights file of the model in service; its card sits beside it."""
+    """Weights file of the model in service (its card sits beside it): DERMATRIAGE_MODEL_PATH,
+    else the real-image model when it has been built, else the demo model."""
     env = os.environ if env is None else env
-    return Path(env.get("DERMATRIAGE_MODEL_PATH", data_dir(env) / "models" / "demo-bcc.pt"))
+    if env.get("DERMATRIAGE_MODEL_PATH"):
+        return Path(env["DERMATRIAGE_MODEL_PATH"])
+    real = real_model_path(env)
+    return real if real.exists() else demo_model_path(env)
 
 
 def shared_data_dir() -> Path:

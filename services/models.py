@@ -171,6 +171,8 @@ class Prediction(Base):
     preprocessing_version: Mapped[str] = mapped_column(String(40))
     bcc_probability: Mapped[float] = mapped_column(Float)
     diagnosis: Mapped[str] = mapped_column(String(20))
+    # calibrated probabilities of the HAM10000 diagnoses (models with a diagnosis head)
+    diagnosis_probabilities: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     pattern_probabilities: Mapped[dict] = mapped_column(JSON)
     patterns_present: Mapped[list] = mapped_column(JSON)
     clinical: Mapped[dict] = mapped_column(JSON)

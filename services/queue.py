@@ -36,6 +36,8 @@ def queue_entry(case: Case, position: int, now: datetime) -> dict:
                else f"deadline in {_hours(-late)}") + f" ({case.risk_tier} review deadline): served first"
     else:
         why = f"risk {case.risk_score:g} ({case.risk_tier})"
+        if case.risk_reasons:
+            why += f": {case.risk_reasons[0]}"
     return {"position": position, "case_id": case.id, "status": case.status,
             "risk_score": case.risk_score, "tier": case.risk_tier,
             "needs_attention": case.needs_attention, "ai_available": case.ai_available,

@@ -1,7 +1,15 @@
 """Referral risk: where a case belongs in the dermatologist's queue, and why.
 
-score (0-100) = 100 x the highest BCC probability among the case's dermoscopic images, then
-  + 15 ulceration found (an ulcerated BCC is established and growing)
+score (0-100) = 100 x the highest calibrated malignancy probability among the case's
+dermoscopic images: the BCC head's probability, or, for models with a diagnosis head, the
+probability mass on the malignant and premalignant classes (melanoma + BCC + akiec/SCC) when
+that is higher. Then:
+  suspected melanoma (melanoma probability at or above the card's melanoma operating point,
+    chosen for 90% sensitivity out of fold): at least 75 + 25 x p, so urgent (two-week-wait)
+    whatever the BCC head says: a melanoma must never wait in the low tier as "not BCC".
+  suspected SCC / actinic keratosis (akiec at or above its operating point): at least
+    40 + 40 x p, so at least routine.
+  + 15 ulceration found as validated evidence (an ulcerated BCC is established and growing)
   + 10 GP reports bleeding          + 5 GP reports change
   + 10 high-risk site (nose, eyelid, lip, ear, face: delay costs function and appearance)
   +  5 age 80 or over
@@ -29,6 +37,7 @@ TIERS = ((RiskTier.URGENT, 70.0, timedelta(hours=24)),
 ESCALATE_SHARE = 0.75
 ATTENTION_FLOOR = 40.0
 AI_UNAVAILABLE_FLOOR = 50.0
+MALIGNANT = ("mel", "bcc", "akiec")
 
 
 @dataclass(frozen=True)
@@ -44,19 +53,38 @@ class Risk:
 @dataclass(frozen=True)
 class ImageFinding:
     bcc_probability: float
-    patterns_present: list[str]
+    patterns_present: list[str]        # patterns the explanation uses as evidence
     agreement: bool
     quality_issues: list[str]
+    diagnosis_probabilities: dict[str, float] | None = None
+
+
+def _highest(findings: list[ImageFinding], code: str) -> float:
+    return max((f.diagnosis_probabilities or {}).get(code, 0.0) for f in findings)
 
 
 def assess(findings: list[ImageFinding], *, bleeding: bool, changed: bool, body_site: str,
-           age: int, received_at: datetime, ai_available: bool = True) -> Risk:
+           age: int, received_at: datetime, ai_available: bool = True,
+           operating_points: dict | None = None) -> Risk:
     reasons: list[str] = []
     attention = False
+    points = operating_points or {}
     if ai_available and findings:
         top = max(findings, key=lambda f: f.bcc_probability)
         score = 100.0 * top.bcc_probability
         reasons.append(f"AI BCC probability {top.bcc_probability:.0%}")
+        malignant = max(sum((f.diagnosis_probabilities or {}).get(c, 0.0) for c in MALIGNANT)
+                        for f in findings)
+        if 100.0 * malignant > score:
+            score = 100.0 * malignant
+            reasons.append(f"AI malignancy probability {malignant:.0%} (melanoma, BCC, SCC/AK)")
+        p_mel, p_akiec = _highest(findings, "mel"), _highest(findings, "akiec")
+        if "mel" in points and p_mel >= points["mel"]:
+            score = max(score, 75.0 + 25.0 * p_mel)
+            reasons.insert(0, f"suspected melanoma {p_mel:.0%}: urgent (two-week wait)")
+        if "akiec" in points and p_akiec >= points["akiec"]:
+            score = max(score, 40.0 + 40.0 * p_akiec)
+            reasons.insert(0, f"suspected SCC / actinic keratosis {p_akiec:.0%}")
         if any("UL" in f.patterns_present for f in findings):
             score += 15
             reasons.append("ulceration seen (+15)")

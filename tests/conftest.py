@@ -117,8 +117,8 @@ def private_redis():
 # --- stacks ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def pipeline_model(tmp_path_factory) -> Path:
-    """The demo model when built (make install), else a small valid model artifact."""
-    path = config.model_path()
+    """The demo model when built (make test), else a small valid model artifact."""
+    path = config.demo_model_path()
     if path.exists():
         return path
     return small_model_file(tmp_path_factory.mktemp("model"))
@@ -159,7 +159,7 @@ def embedded_stack(make_product):
 @pytest.fixture(scope="session")
 def demo_engine():
     from services.diagnosis.engine import Engine
-    path = config.model_path()
+    path = config.demo_model_path()
     if not path.exists():
-        pytest.fail(f"demo model missing at {path}: `make test` builds it via `make install`")
+        pytest.fail(f"demo model missing at {path}: `make test` builds it (make demo-model)")
     return Engine.load(path, "cpu")

@@ -23,7 +23,7 @@ def captum_maps(engine: Engine, x: torch.Tensor) -> torch.Tensor:
     from captum.attr import LayerGradCam
 
     model = engine.model
-    lgc = LayerGradCam(model, model.features)
+    lgc = LayerGradCam(model, model.map_layer())
     x = x.to(engine.device).contiguous(memory_format=torch.channels_last)
     maps = [lgc.attribute(x, target=t, relu_attributions=True) for t in range(8)]
     raw = torch.cat(maps, dim=1)

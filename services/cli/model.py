@@ -41,7 +41,7 @@ def model() -> None:
 
 @model.command("build-demo")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Weights file to write (default: DERMATRIAGE_MODEL_PATH).")
+              help="Weights file to write (default: var/models/demo-bcc.pt).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -49,25 +49,95 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
     """Train the demo model on synthetic images (CPU, under 15 minutes). Not for clinical use."""
     demo = building("services.modelling.demo")
 
-    out = out or config.model_path()
+    out = out or config.demo_model_path()
     if if_missing and out.exists():
         click.echo(f"demo model already present at {out}")
         return
     demo.build_demo(out, demo.TrainConfig(seed=seed), progress=not quiet, log=click.echo)
 
 
+@model.command("train")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Weights file to write (default: var/models/real-bcc.pt).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--views", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Versions of each image cached (view 0 unaugmented).")
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
+@click.option("--loss", type=click.Choice(["weighted", "focal"]), default="weighted", show_default=True)
+@click.option("--synthetic", type=click.IntRange(0, 100_000), default=600, show_default=True,
+              help="Drawn images for the five pattern heads without real labels (0: untrained).")
+@click.option("--limit", type=click.IntRange(8, 100_000), default=None,
+              help="Use only this many images per data set (quick checks).")
+@click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
+              help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(out: Path | None, seed: int, views: int, folds: int, loss: str, synthetic: int,
+          limit: int | None, device: str, if_missing: bool, quiet: bool) -> None:
+    """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
+    trainer = building("services.modelling.train")
+    out = out or config.real_model_path()
+    if if_missing and out.exists():
+        click.echo(f"real-image model already present at {out}")
+        return
+    cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss,
+                                  synthetic=synthetic, limit=limit)
+    try:
+        trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
+    except DermaTriageError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@model.command("build")
+@click.option("--if-missing", is_flag=True, help="Do nothing when that model already exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def build(ctx: click.Context, if_missing: bool, quiet: bool) -> None:
+    """Build the model this installation serves: the real-image model where the shared data
+    and ImageNet weights are present, else the synthetic demo model."""
+    shared = config.shared_data_dir()
+    real_ready = ((shared / "ham10000-224" / "metadata.csv").is_file()
+                  and (shared / "derm7pt" / "meta.csv").is_file()
+                  and (config.shared_models_dir() / "mobilenet_v2_1.0_224_imagenet_int8.tflite").is_file())
+    if real_ready:
+        ctx.invoke(train, if_missing=if_missing, quiet=quiet)
+    else:
+        click.echo(f"no real data under {shared}: building the synthetic demo model instead "
+                   "(not for clinical use)")
+        ctx.invoke(build_demo, if_missing=if_missing, quiet=quiet)
+
+
 @model.command("evaluate")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help="Weights file (default: DERMATRIAGE_MODEL_PATH).")
-@click.option("--synthetic", "n", type=click.IntRange(1, 100_000), required=True,
-              help="Number of freshly generated synthetic images.")
+              help="Weights file (default: the model in service).")
+@click.option("--synthetic", "n", type=click.IntRange(1, 100_000), default=None,
+              help="Number of freshly generated synthetic images (for the demo model).")
+@click.option("--dataset", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A labelled image folder: HAM10000 (metadata.csv), Derm7pt (meta.csv) or "
+                   "labels.csv (image, dx, bcc, PN, AT, group).")
+@click.option("--plots", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder for roc.png and reliability.png (with --dataset).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=None,
+              help="Evaluate only the first N images of the dataset.")
 @click.option("--seed", type=int, default=12345, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(model_path: Path | None, n: int, seed: int, device: str | None, as_json: bool) -> None:
-    """Diagnosis, pattern, clinical-rule and Grad-CAM alignment metrics."""
+def evaluate(model_path: Path | None, n: int | None, dataset: Path | None, plots: Path | None,
+             limit: int | None, seed: int, device: str | None, as_json: bool) -> None:
+    """Metrics on synthetic images (--synthetic N) or on a labelled real-image folder (--dataset)."""
+    if (n is None) == (dataset is None):
+        raise click.UsageError("give exactly one of --synthetic N or --dataset DIR")
     evaluation = building("services.modelling.evaluation")
     engine = load_engine(model_path or config.model_path(), device)
+    if dataset is not None:
+        datasets = building("services.modelling.datasets")
+        try:
+            samples = datasets.load_dataset(dataset)[:limit]
+        except DermaTriageError as exc:
+            raise click.ClickException(exc.message) from exc
+        result = evaluation.evaluate_dataset(engine, samples, plots_dir=plots, seed=seed)
+        click.echo(json.dumps(result, indent=2) if as_json else _real_summary(result))
+        return
     result = evaluation.evaluate(engine, n, seed)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -82,10 +152,23 @@ def evaluate(model_path: Path | None, n: int, seed: int, device: str | None, as_
                    f"pointing {a['pointing_game']:.3f}  relevance mass {a['relevance_mass']:.3f}")
 
 
+def _real_summary(result: dict) -> str:
+    lines = [f"{result['images']} images, model {result['model']['name']} {result['model']['version']}"]
+    for name, t in result["targets"].items():
+        extra = (f"  sens {t['sensitivity']:.3f} spec {t['specificity']:.3f} at {t['threshold']}"
+                 if "sensitivity" in t else "")
+        lines.append(f"{name:10} AUC {t['auc']} {t['ci95']}  ECE {t['ece']}{extra}")
+    if "balanced_accuracy" in result:
+        lines.append(f"balanced accuracy {result['balanced_accuracy']}")
+    lines.append(f"map mass on the lesion: {result['lesion_share']}")
+    return "\n".join(lines)
+
+
 @model.command("card")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
 def card(model_path: Path | None) -> None:
-    """Print the model card after checking the weights against it."""
-    engine = load_engine(model_path or config.model_path(), "cpu")
-    json.dump(engine.card.to_dict(), sys.stdout, indent=2)
+    """Print the card of the model in service (after checking its weights): which model runs."""
+    path = model_path or config.model_path()
+    engine = load_engine(path, "cpu")
+    json.dump({"active_model": str(path), **engine.card.to_dict()}, sys.stdout, indent=2)
     click.echo()

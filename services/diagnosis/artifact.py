@@ -42,6 +42,19 @@ class ModelCard:
     clinical_use: bool = False
     created_at: str = ""
     extra: dict = field(default_factory=dict)
+    # Real-image models: calibration per output ("BCC", "PN", "AT", "diagnosis": Platt scale
+    # and bias), validation
+    # status per target, the patterns the explanation may cite as evidence (None: all, as
+    # the synthetic demo has no other kind), operating points of the diagnosis head used by
+    # the referral risk ("mel", "akiec"), and the diagnosis head's classes.
+    calibration: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    evidence_patterns: list | None = None
+    operating_points: dict = field(default_factory=dict)
+    diagnoses: list = field(default_factory=list)
+
+    OPTIONAL = frozenset({"extra", "created_at", "clinical_use", "calibration", "validation",
+                          "evidence_patterns", "operating_points", "diagnoses"})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +62,7 @@ class ModelCard:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelCard":
         known = {f for f in cls.__dataclass_fields__}
-        missing = known - set(d) - {"extra", "created_at", "clinical_use"}
+        missing = known - set(d) - cls.OPTIONAL
         if missing:
             raise ModelIntegrityError(f"model card lacks {', '.join(sorted(missing))}")
         card = cls(**{k: v for k, v in d.items() if k in known})

@@ -39,7 +39,8 @@ class TargetMap:
 class AnalysisResult:
     bcc_probability: float
     pattern_probabilities: dict[str, float]
-    patterns_present: list[str]
+    patterns_present: list[str]           # above threshold, validated or not (see clinical)
+    diagnosis_probabilities: dict[str, float] | None
     clinical: ClinicalExplanation
     maps: list[TargetMap]                 # TARGETS order: BCC, PN, UL, BO, MG, ML, SW, AT
     quality: ImageQuality
@@ -57,6 +58,7 @@ class AnalysisResult:
             "bcc_probability": self.bcc_probability,
             "pattern_probabilities": self.pattern_probabilities,
             "patterns_present": self.patterns_present,
+            "diagnosis_probabilities": self.diagnosis_probabilities,
             "clinical": self.clinical.to_dict(),
             "map_numbers": {m.target: m.numbers.to_dict() for m in self.maps},
             "quality": self.quality.to_dict(),
@@ -73,7 +75,8 @@ class AnalysisResult:
 class BatchExplanation:
     """Tensor-level result of ``Engine.explain_tensors`` (used by ``analyse`` and benchmarks)."""
 
-    probabilities: torch.Tensor     # (B, 8)
+    probabilities: torch.Tensor     # (B, 8) calibrated
+    diagnoses: torch.Tensor | None  # (B, D) calibrated softmax over the card's diagnoses
     raw: torch.Tensor               # (B, 8, h, w)
     normalised: torch.Tensor        # (B, 8, S, S)
     numbers: list[list[MapNumbers]]
@@ -95,6 +98,15 @@ class Engine:
         self.model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
         self.input_size = loaded.model.arch.input_size
         self.thresholds = dict(self.card.thresholds)
+        # Calibration from the card (none for the demo): p = sigmoid(scale * logit + bias),
+        # softmax(scale * logits + bias) for the diagnoses.
+        cal = self.card.calibration
+        self._scale = torch.tensor([float(cal.get(t, {}).get("scale", 1.0)) for t in TARGETS],
+                                   device=device)
+        self._bias = torch.tensor([float(cal.get(t, {}).get("bias", 0.0)) for t in TARGETS],
+                                  device=device)
+        self._dx_scale = float(cal.get("diagnosis", {}).get("scale", 1.0))
+        self._dx_bias = torch.tensor(cal.get("diagnosis", {}).get("bias", 0.0), device=device)
         self._lock = threading.Lock()
 
     @classmethod
@@ -117,7 +129,11 @@ class Engine:
         with self._lock, self._autocast():
             x = self._to_device(x)
             cams = all_target_cams(self.model, x)
-        probs = torch.sigmoid(cams.logits)
+            with torch.no_grad():
+                dx_logits = self.model.diagnosis_logits(cams.pooled)
+        probs = torch.sigmoid(cams.logits * self._scale + self._bias)
+        diagnoses = (None if dx_logits is None
+                     else torch.softmax(dx_logits.float() * self._dx_scale + self._dx_bias, dim=1))
         lesion, methods = lesion_masks(x.float())
         numbers = as_records(map_numbers(cams.normalised, cams.peak_raw, probs, lesion.to(x.device)))
         p = probs.tolist()
@@ -126,8 +142,9 @@ class Engine:
             pattern_p = dict(zip(PATTERNS, row[1:]))
             scores = {c: numbers[i][1 + j].score for j, c in enumerate(PATTERNS)}
             clinical.append(explain(row[0], pattern_p, self.thresholds,
-                                    self.card.bcc_threshold, scores))
-        return BatchExplanation(probabilities=probs, raw=cams.raw, normalised=cams.normalised,
+                                    self.card.bcc_threshold, scores, self.card.evidence_patterns))
+        return BatchExplanation(probabilities=probs, diagnoses=diagnoses, raw=cams.raw,
+                                normalised=cams.normalised,
                                 numbers=numbers, clinical=clinical, lesion_methods=methods)
 
     def analyse(self, images: list[bytes]) -> list[AnalysisResult]:
@@ -152,6 +169,7 @@ class Engine:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         probs = out.probabilities.cpu().numpy()
+        dx = None if out.diagnoses is None else out.diagnoses.cpu().numpy()
         raw = out.raw.cpu().numpy().astype(np.float32)
         norm = out.normalised.cpu().numpy().astype(np.float32)
         per_image = {"preprocess_ms": round((t1 - t0) * 1000 / len(images), 2),
@@ -167,6 +185,9 @@ class Engine:
                 bcc_probability=round(float(probs[i, 0]), 4),
                 pattern_probabilities=pattern_p,
                 patterns_present=[c for c in PATTERNS if pattern_p[c] >= self.thresholds[c]],
+                diagnosis_probabilities=(None if dx is None else
+                                         {d: round(float(dx[i, k]), 4)
+                                          for k, d in enumerate(self.card.diagnoses)}),
                 clinical=out.clinical[i], maps=maps, quality=p.quality,
                 image={"media_type": p.media_type, "width": p.width, "height": p.height,
                        "crop_box": list(p.crop_box), "input_size": self.input_size},

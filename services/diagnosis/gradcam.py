@@ -27,6 +27,7 @@ class CamOutput:
     raw: Tensor           # (B, T, h, w) ReLU(signed) at feature-map resolution
     normalised: Tensor    # (B, T, S, S) raw upsampled to the input, divided by its maximum
     peak_raw: Tensor      # (B, T) max of raw: the absolute strength behind each normalised map
+    pooled: Tensor        # (B, C) the pooled vector every head reads
 
 
 def signed_cams(features: Tensor, d_logits_d_pooled: Tensor) -> Tensor:
@@ -68,4 +69,5 @@ def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None
         up = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)
     peak = raw.amax(dim=(2, 3))
     normalised = up / up.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    return CamOutput(logits=logits, signed=signed, raw=raw, normalised=normalised, peak_raw=peak)
+    return CamOutput(logits=logits, signed=signed, raw=raw, normalised=normalised, peak_raw=peak,
+                     pooled=pooled)

@@ -44,7 +44,7 @@ class Architecture:
     width_mult: float = 1.0
     output_stride: int = 32
     input_size: int = 224
-    hidden: tuple[int, int] = (256, 128)
+    hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.3
     input_norm: str = "imagenet"
     same_padding: bool = False
@@ -75,15 +75,33 @@ class Architecture:
                    squares=bool(d.get("squares", False)))
 
 
-def classifier(in_features: int, hidden: tuple[int, int], out_features: int,
+def classifier(in_features: int, hidden: tuple[int, ...], out_features: int,
                dropout: float) -> nn.Sequential:
-    """Three linear layers with dropout, as in the seed paper's classifier."""
+    """Three linear layers with dropout, as in the seed paper's classifier; with no hidden
+    sizes, one linear layer after dropout (a regularised linear read-out)."""
+    if not hidden:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, out_features))
     h1, h2 = hidden
     return nn.Sequential(
         nn.Dropout(dropout), nn.Linear(in_features, h1), nn.ReLU(inplace=True),
         nn.Dropout(dropout), nn.Linear(h1, h2), nn.ReLU(inplace=True),
         nn.Dropout(dropout), nn.Linear(h2, out_features),
     )
+
+
+class Hypercolumn(nn.Module):
+    """Stacks block outputs on the grid of the last one (and their squares). No parameters:
+    a module so that hooks (captum's LayerGradCam in the tests and benchmark) see the map."""
+
+    def __init__(self, squares: bool):
+        super().__init__()
+        self.squares = squares
+
+    def forward(self, *taps: Tensor) -> Tensor:
+        grid = taps[-1].shape[-2:]
+        stacked = torch.cat([t if t.shape[-2:] == grid else F.adaptive_avg_pool2d(t, grid)
+                             for t in taps], dim=1)
+        return torch.cat([stacked, stacked * stacked], dim=1) if self.squares else stacked
 
 
 def _out_channels(block: nn.Module) -> int:
@@ -109,6 +127,7 @@ class BCCPatternNet(nn.Module):
             channels = backbone.out_channels
         channels *= 2 if arch.squares else 1
         self.map_channels = channels
+        self.hypercolumn = Hypercolumn(arch.squares) if arch.taps else None
         # Standardises the pooled vector for the heads (set from training data; identity
         # until then). Linear, so Grad-CAM's gradients pass through it exactly. Saved only
         # for hypercolumn models (the demo's artifacts predate it and need none).
@@ -137,10 +156,11 @@ class BCCPatternNet(nn.Module):
             x = block(x)
             if i in wanted:
                 taps.append(x)
-        grid = taps[-1].shape[-2:]
-        stacked = torch.cat([t if t.shape[-2:] == grid else F.adaptive_avg_pool2d(t, grid)
-                             for t in taps], dim=1)
-        return torch.cat([stacked, stacked * stacked], dim=1) if self.arch.squares else stacked
+        return self.hypercolumn(*taps)
+
+    def map_layer(self) -> nn.Module:
+        """The module whose output is the map the heads read (Grad-CAM's target layer)."""
+        return self.hypercolumn if self.hypercolumn is not None else self.features
 
     def _standardise(self, pooled: Tensor) -> Tensor:
         return (pooled - self.pooled_mean) / self.pooled_std

@@ -84,3 +84,103 @@ def evaluate(engine: Engine, n: int, seed: int, batch: int = 32) -> dict:
                             for c in PATTERNS if (codes == c).any()},
         }
     return result
+
+
+# --- real images -------------------------------------------------------------------------------
+def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, seed: int = 0,
+                     progress=None) -> dict:
+    """Figures on a labelled image folder (``datasets.load_dataset``), as the engine serves:
+    AUC with a 95% bootstrap interval per target, sensitivity/specificity at the card's
+    operating points, balanced accuracy over the diagnoses, calibration (ECE, reliability
+    bins), and how much of each map lies on the lesion (Otsu segmentation, map_numbers)."""
+    from ..diagnosis.metrics import (auc_with_ci, balanced_accuracy, expected_calibration_error,
+                                     sensitivity_specificity)
+    card = engine.card
+    rows = []
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        results = engine.analyse([s.path.read_bytes() for s in chunk])
+        rows += list(zip(chunk, results))
+        if progress:
+            progress(len(chunk))
+    out: dict = {"images": len(rows), "model": engine.model_info,
+                 "validation": card.validation or {"all": "synthetic demo: not validated on real images"},
+                 "targets": {}}
+    curves = {}
+
+    def binary(name: str, truth, prob, threshold):
+        truth, prob = np.asarray(truth), np.asarray(prob)
+        if len(truth) == 0:
+            return
+        entry = auc_with_ci(truth, prob, seed=seed)
+        if threshold is not None:
+            entry.update(threshold=threshold, **sensitivity_specificity(truth, prob >= threshold))
+        cal = expected_calibration_error(truth, prob)
+        entry.update(ece=cal["ece"], reliability=cal["bins"])
+        out["targets"][name] = entry
+        curves[name] = (truth, prob)
+
+    labelled = [(s, r) for s, r in rows if s.bcc is not None]
+    binary("BCC", [s.bcc for s, _ in labelled], [r.bcc_probability for _, r in labelled],
+           card.bcc_threshold)
+    for code in ("PN", "AT"):
+        labelled = [(s, r) for s, r in rows if getattr(s, code) is not None]
+        binary(code, [getattr(s, code) for s, _ in labelled],
+               [r.pattern_probabilities[code] for _, r in labelled], card.thresholds[code])
+    with_dx = [(s, r) for s, r in rows if s.dx and r.diagnosis_probabilities]
+    if with_dx and card.diagnoses:
+        classes = list(card.diagnoses)
+        truth = np.array([classes.index(s.dx) for s, _ in with_dx])
+        prob = np.array([[r.diagnosis_probabilities[c] for c in classes] for _, r in with_dx])
+        for k, c in enumerate(classes):
+            if (truth == k).any() and (truth != k).any():
+                binary(f"dx:{c}", truth == k, prob[:, k], card.operating_points.get(c))
+        out["balanced_accuracy"] = round(balanced_accuracy(truth, prob.argmax(1), len(classes)), 4)
+        out["diagnosis_classes_present"] = sorted({classes[k] for k in set(truth.tolist())})
+    # Share of each validated target's map mass on the lesion (mean over images).
+    shares: dict[str, list[float]] = {"BCC": [], "PN": [], "AT": []}
+    for _, r in rows:
+        for m in r.maps:
+            if m.target in shares:
+                shares[m.target].append(m.numbers.lesion_share)
+    out["lesion_share"] = {t: round(float(np.mean(v)), 4) for t, v in shares.items()}
+    out["lesion_mask_methods"] = {m: sum(r.lesion_mask_method == m for _, r in rows)
+                                  for m in sorted({r.lesion_mask_method for _, r in rows})}
+    if plots_dir is not None:
+        out["plots"] = write_plots(curves, out["targets"], plots_dir)
+    return out
+
+
+def write_plots(curves: dict, targets: dict, folder) -> dict:
+    """ROC curves and reliability diagrams as PNG files; returns their paths."""
+    from pathlib import Path
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..diagnosis.metrics import roc_curve
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (truth, prob) in curves.items():
+        fpr, tpr = roc_curve(truth, prob)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {targets[name]['auc']})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
+    ax.legend(fontsize=7, loc="lower right")
+    roc = folder / "roc.png"
+    fig.savefig(roc, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name in curves:
+        bins = targets[name]["reliability"]
+        ax.plot([b["confidence"] for b in bins], [b["observed"] for b in bins], marker="o",
+                label=f"{name} (ECE {targets[name]['ece']})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Reliability")
+    ax.legend(fontsize=7, loc="upper left")
+    reliability = folder / "reliability.png"
+    fig.savefig(reliability, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return {"roc": str(roc), "reliability": str(reliability)}

@@ -49,3 +49,22 @@ def test_sentence_for_a_gp():
     assert e.summary == ("Likely basal cell carcinoma (AI probability 96%): supported by "
                          "arborizing telangiectasia (93%) and blue-gray ovoid nests (71%).")
     assert e.supporting[0].score == 0.8 and e.supporting[0].map_index == 7
+
+
+@pytest.mark.parametrize("present", COMBINATIONS, ids=lambda s: "+".join(sorted(s)) or "none")
+def test_unvalidated_patterns_are_never_evidence(present):
+    """A real-image model validates PN and AT only: the others are shown, never cited."""
+    e = explain(0.9, probabilities_for(present), THRESHOLDS, evidence_patterns=["PN", "AT"])
+    assert {s.code for s in e.supporting} == present & {"AT"}
+    assert {c.code for c in e.contradicting} == present & {"PN"}
+    assert {u.code for u in e.unvalidated} == present - {"PN", "AT"}
+    assert all(not u.validated for u in e.unvalidated)
+    if present & {"PN", "AT"}:
+        assert e.rule_diagnosis == ("BCC" if rule_says_bcc(present & {"PN", "AT"}) else "non-BCC")
+    else:
+        # no validated pattern found: nothing argues for or against the BCC head
+        assert e.rule_diagnosis == "undetermined" and e.agreement
+    if present - {"PN", "AT"}:
+        assert "not validated on real images and not used as evidence" in e.summary
+    for u in e.unvalidated:
+        assert f"supported by {u.name}" not in e.summary

@@ -11,13 +11,17 @@ from tests.factories import random_model
 @pytest.mark.parametrize("arch", [
     Architecture(width_mult=0.35, output_stride=16, input_size=96),
     Architecture(width_mult=0.5, output_stride=32, input_size=128),
-])
+    # the real-image model's kind: a hypercolumn of several blocks (with squares), linear
+    # read-out, Keras padding and input scaling, and a diagnosis head
+    Architecture(width_mult=0.35, output_stride=32, input_size=96, taps=(3, 6, 13, 18), squares=True,
+                 hidden=(), input_norm="tf", same_padding=True, diagnoses=("nv", "mel")),
+], ids=["os16", "os32", "hypercolumn"])
 def test_all_target_maps_equal_captum_layer_gradcam(arch):
     model = random_model(arch, seed=3)
     torch.manual_seed(1)
     x = torch.randn(4, 3, arch.input_size, arch.input_size).contiguous(memory_format=torch.channels_last)
     ours = all_target_cams(model, x)
-    lgc = LayerGradCam(model, model.features)
+    lgc = LayerGradCam(model, model.map_layer())
     for t in range(8):
         signed = lgc.attribute(x, target=t).detach()       # captum's default: no ReLU
         scale = signed.abs().amax()

@@ -1,5 +1,7 @@
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
 from services.risk import ImageFinding, assess
 
 T0 = datetime(2026, 11, 1, 9, tzinfo=timezone.utc)
@@ -47,3 +49,37 @@ def test_highest_image_counts_and_escalation_time_before_deadline():
     r = assess([finding(0.2), finding(0.8)], **base())
     assert r.score == 80
     assert T0 < r.escalate_at < r.due_at
+
+
+def dx(**p):
+    base = {c: 0.0 for c in ("nv", "mel", "bcc", "akiec", "bkl", "df", "vasc")}
+    return {**base, "nv": 1 - sum(p.values()), **p}
+
+
+POINTS = {"mel": 0.2, "akiec": 0.3}
+
+
+def test_suspected_melanoma_is_urgent_whatever_the_bcc_head_says():
+    f = ImageFinding(0.02, [], True, [], dx(mel=0.62))
+    r = assess([f], **base(), operating_points=POINTS)
+    assert r.tier == "urgent" and r.reasons[0].startswith("suspected melanoma 62%")
+    # just below the operating point: not "suspected", but its malignancy still counts
+    below = assess([ImageFinding(0.02, [], True, [], dx(mel=0.19))], **base(), operating_points=POINTS)
+    assert below.tier == "low" and below.score == 19.0 and "suspected" not in " ".join(below.reasons)
+
+
+def test_no_melanoma_ever_lands_low_once_suspected():
+    for p_mel in np.linspace(POINTS["mel"], 1, 9):
+        r = assess([ImageFinding(0.0, [], True, [], dx(mel=float(p_mel)))], **base(), operating_points=POINTS)
+        assert r.tier == "urgent", p_mel
+
+
+def test_scc_and_total_malignancy_raise_priority():
+    r = assess([ImageFinding(0.05, [], True, [], dx(akiec=0.4))], **base(), operating_points=POINTS)
+    assert r.tier == "routine" and r.reasons[0].startswith("suspected SCC / actinic keratosis 40%")
+    mixed = assess([ImageFinding(0.10, [], True, [], dx(mel=0.15, bcc=0.1, akiec=0.2))], **base())
+    assert mixed.score == 45.0 and any("malignancy probability 45%" in x for x in mixed.reasons)
+
+
+def test_models_without_a_diagnosis_head_score_as_before():
+    assert assess([ImageFinding(0.5, [], True, [])], **base(), operating_points=POINTS).score == 50.0

@@ -1,0 +1,94 @@
+"""The real-image recipe on a small real subset: deterministic, honest card, served as trained."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from services import config
+from services.cli import main
+from services.diagnosis import artifact
+from services.diagnosis.engine import Engine
+from services.diagnosis.patterns import PATTERNS
+from services.modelling import train
+
+TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3)
+
+
+@pytest.fixture(scope="module")
+def shared_ready():
+    data, models = config.shared_data_dir(), config.shared_models_dir()
+    if not (data / "ham10000-224").is_dir() or not (data / "derm7pt").is_dir() \
+            or not (models / "mobilenet_v2_1.0_224_imagenet_int8.tflite").is_file():
+        pytest.skip(f"real data or ImageNet weights not found under {data.parent}")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(shared_ready, tmp_path_factory):
+    path = tmp_path_factory.mktemp("real") / "real.pt"
+    card = train.build_real(path, train.RealTrainConfig(**TINY), progress=False, log=lambda *_: None)
+    return path, card
+
+
+def test_build_is_deterministic_for_a_seed(tiny_model, tmp_path):
+    path, card = tiny_model
+    again = train.build_real(tmp_path / "again.pt", train.RealTrainConfig(**TINY), progress=False,
+                             log=lambda *_: None)
+    other = train.build_real(tmp_path / "other.pt", train.RealTrainConfig(**{**TINY, "seed": 1}),
+                             progress=False, log=lambda *_: None)
+    assert again.weights_sha256 == card.weights_sha256
+    assert other.weights_sha256 != card.weights_sha256
+    assert again.calibration == card.calibration and again.thresholds == card.thresholds
+
+
+def test_card_states_what_each_target_was_validated_on(tiny_model):
+    _, card = tiny_model
+    loaded = artifact.load(tiny_model[0]).card
+    assert loaded.validation["BCC"] == loaded.validation["diagnoses"] == train.VALIDATED
+    assert {c: loaded.validation[c] for c in PATTERNS} == {
+        "PN": train.VALIDATED, "AT": train.VALIDATED, "UL": train.NOT_VALIDATED,
+        "BO": train.NOT_VALIDATED, "MG": train.NOT_VALIDATED, "ML": train.NOT_VALIDATED,
+        "SW": train.NOT_VALIDATED}
+    assert loaded.evidence_patterns == ["PN", "AT"]
+    assert "not a medical device" in loaded.intended_use.lower() and loaded.clinical_use is False
+    oof = loaded.metrics["out_of_fold"]
+    for target in ("BCC", "PN", "AT"):
+        assert 0 <= oof[target]["auc"] <= 1 and len(oof[target]["ci95"]) == 2
+        assert oof[target]["ci95"][0] <= oof[target]["auc"] <= oof[target]["ci95"][1]
+    assert set(oof["diagnoses"]) == set(loaded.diagnoses) == {"nv", "mel", "bcc", "akiec", "bkl", "df", "vasc"}
+    assert set(loaded.calibration) >= {"BCC", "PN", "AT", "diagnosis"}
+    assert set(loaded.operating_points) == {"mel", "akiec"}
+    assert "synthetic" in loaded.training_data["per_target"]["UL"]
+
+
+def test_served_model_reports_diagnoses_and_uses_only_validated_patterns(tiny_model, ham_jpegs):
+    path, _ = tiny_model
+    engine = Engine.load(path, "cpu")
+    # Lower every unvalidated pattern's threshold to 0: each is then "found" on every image.
+    engine.thresholds.update({c: 0.0 for c in ("UL", "BO", "MG", "ML", "SW")})
+    for r in engine.analyse(ham_jpegs[:4]):
+        assert abs(sum(r.diagnosis_probabilities.values()) - 1) < 1e-3
+        cited = {e.code for e in r.clinical.supporting + r.clinical.contradicting}
+        assert cited <= {"PN", "AT"}
+        assert {e.code for e in r.clinical.unvalidated} == {"UL", "BO", "MG", "ML", "SW"}
+        assert all(not e.validated for e in r.clinical.unvalidated)
+        assert "not validated" in r.clinical.summary
+        assert len(r.maps) == 8 and all(np.isfinite(m.normalised).all() for m in r.maps)
+
+
+def test_evaluate_command_on_a_small_real_subset(tiny_model, tmp_path):
+    path, _ = tiny_model
+    d7 = config.shared_data_dir() / "derm7pt"
+    result = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(d7),
+                                       "--limit", "24", "--plots", str(tmp_path / "plots"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["images"] == 24
+    assert {"BCC", "PN"} <= set(out["targets"])
+    assert all(0 <= t["auc"] <= 1 and "ece" in t for t in out["targets"].values() if t["auc"] is not None)
+    assert set(out["lesion_share"]) == {"BCC", "PN", "AT"}
+    for png in out["plots"].values():
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(tmp_path)])
+    assert bad.exit_code == 1 and "labels.csv" in bad.output
