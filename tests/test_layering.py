@@ -1,7 +1,6 @@
 """The layering the design asks for, checked on the source: who may import whom."""
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -33,11 +33,9 @@ order use their own seeded generators, and torch runs deterministic single-proce
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
