@@ -18,6 +18,7 @@ import click
 
 from services.config import ANALYSIS_QUEUE, Settings
 from services.errors import DermaTriageError
+from services.vocabulary import Role, values
 
 DEMO_ACCOUNTS = (("gp", "gp-demo", "gp-demo-pass"),
                  ("dermatologist", "derm-demo", "derm-demo-pass"),
@@ -81,7 +82,7 @@ def users() -> None:
 
 
 @users.command("create")
-@click.option("--role", type=click.Choice(["gp", "dermatologist", "auditor", "admin"]), required=True)
+@click.option("--role", type=click.Choice(values(Role)), required=True)
 @click.option("--username", required=True)
 @click.option("--password", required=True, help="At least 8 characters.")
 def users_create(role: str, username: str, password: str) -> None:
