@@ -135,7 +135,10 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
         for k, c in enumerate(classes):
             if (truth == k).any() and (truth != k).any():
                 binary(f"dx:{c}", truth == k, prob[:, k], card.operating_points.get(c))
-        out["balanced_accuracy"] = round(balanced_accuracy(truth, prob.argmax(1), len(classes)), 4)
+        # The card's training class frequencies give the balanced decision (see train.assess).
+        prior = (card.metrics.get("out_of_fold") or {}).get("class_prior")
+        decision = prob / np.maximum([prior[c] for c in classes], 1e-6) if prior else prob
+        out["balanced_accuracy"] = round(balanced_accuracy(truth, decision.argmax(1), len(classes)), 4)
         out["diagnosis_classes_present"] = sorted({classes[k] for k in set(truth.tolist())})
     # Share of each validated target's map mass on the lesion (mean over images).
     shares: dict[str, list[float]] = {"BCC": [], "PN": [], "AT": []}

@@ -462,8 +462,13 @@ def assess(target_logits: np.ndarray, diagnosis_logits: np.ndarray, labels: Labe
             per_dx[code].update(threshold=operating[code],
                                 **sensitivity_specificity(dx[has_dx] == c, p_dx[has_dx, c] >= operating[code]))
     figures["diagnoses"] = per_dx
-    figures["balanced_accuracy_7"] = round(balanced_accuracy(dx[has_dx], p_dx[has_dx].argmax(1),
-                                                             len(DIAGNOSES)), 4)
+    # Balanced accuracy is the mean recall over classes, so its Bayes decision is the class
+    # with the highest p(class | image) / p(class): calibrated probabilities over the class
+    # frequencies of the training data (nothing tuned on the folds).
+    prior = np.bincount(dx[has_dx], minlength=len(DIAGNOSES)) / has_dx.sum()
+    figures["balanced_accuracy_7"] = round(balanced_accuracy(
+        dx[has_dx], (p_dx[has_dx] / np.maximum(prior, 1e-6)).argmax(1), len(DIAGNOSES)), 4)
+    figures["class_prior"] = {c: round(float(v), 4) for c, v in zip(DIAGNOSES, prior)}
     figures["diagnosis_ece_top1"] = expected_calibration_error(
         p_dx[has_dx].argmax(1) == dx[has_dx], p_dx[has_dx].max(1))["ece"]
     return {"calibration": temps, "thresholds": thresholds, "bcc_threshold": round(bcc_t, 4),
