@@ -37,6 +37,7 @@ from ..diagnosis.metrics import f1, region_stats
 from ..diagnosis.network import INPUT_NORMS, Architecture, BCCPatternNet
 from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import PREPROCESSING_VERSION, to_unit
+from . import reproducible
 from .synthetic import SyntheticSet, concat, generate
 
 DEMO_NAME = "dermatriage-demo-bcc"
@@ -174,9 +175,7 @@ def build_demo(out: Path, config: TrainConfig = TrainConfig(), progress: bool = 
     from tqdm import tqdm
 
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
+    reproducible(config.seed, config.threads)
     size = config.input_size
     total_images = config.n_train + config.n_val
     with tqdm(total=total_images, desc="generating synthetic images", unit="img",

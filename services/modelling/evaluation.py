@@ -165,25 +165,24 @@ def write_plots(curves: dict, targets: dict, folder) -> dict:
     from ..diagnosis.metrics import roc_curve
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, (truth, prob) in curves.items():
-        fpr, tpr = roc_curve(truth, prob)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {targets[name]['auc']})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
-    ax.legend(fontsize=7, loc="lower right")
-    roc = folder / "roc.png"
-    fig.savefig(roc, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name in curves:
-        bins = targets[name]["reliability"]
-        ax.plot([b["confidence"] for b in bins], [b["observed"] for b in bins], marker="o",
-                label=f"{name} (ECE {targets[name]['ece']})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set(xlabel="predicted probability", ylabel="observed frequency", title="Reliability")
-    ax.legend(fontsize=7, loc="upper left")
-    reliability = folder / "reliability.png"
-    fig.savefig(reliability, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return {"roc": str(roc), "reliability": str(reliability)}
+
+    def chart(lines, xlabel: str, ylabel: str, title: str, legend: str, path: Path) -> str:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for xs, ys, style, label in lines:
+            ax.plot(xs, ys, label=label, **style)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.legend(fontsize=7, loc=legend)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return str(path)
+
+    rocs = [(*roc_curve(truth, prob), {}, f"{name} (AUC {targets[name]['auc']})")
+            for name, (truth, prob) in curves.items()]
+    bins = {name: targets[name]["reliability"] for name in curves}
+    reliability = [([b["confidence"] for b in bins[name]], [b["observed"] for b in bins[name]],
+                    {"marker": "o"}, f"{name} (ECE {targets[name]['ece']})") for name in curves]
+    return {"roc": chart(rocs, "1 - specificity", "sensitivity", "ROC", "lower right",
+                         folder / "roc.png"),
+            "reliability": chart(reliability, "predicted probability", "observed frequency",
+                                 "Reliability", "upper left", folder / "reliability.png")}

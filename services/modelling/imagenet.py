@@ -89,12 +89,10 @@ def read_tflite(path: Path, expected_sha256: str | None = SHA256) -> ImageNetWei
         raise
     except Exception as exc:        # a damaged flatbuffer fails in many ways
         raise ModelIntegrityError(f"cannot parse {path} as a TFLite model: {exc}") from exc
+    if dense is None:
+        raise ModelIntegrityError(f"{path} has no classifier layer: not the expected MobileNet-V2")
     return ImageNetWeights(_to_state_dict(convs), torch.tensor(dense[0], dtype=torch.float32),
-                           torch.tensor(dense[1], dtype=torch.float32)) if dense else _missing(path)
-
-
-def _missing(path):
-    raise ModelIntegrityError(f"{path} has no classifier layer: not the expected MobileNet-V2")
+                           torch.tensor(dense[1], dtype=torch.float32))
 
 
 def _to_state_dict(convs: list) -> dict[str, torch.Tensor]:

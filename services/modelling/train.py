@@ -54,6 +54,7 @@ from ..diagnosis.network import Architecture, BCCPatternNet
 from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import PREPROCESSING_VERSION, decode, resize_and_crop, to_unit
 from ..errors import ValidationError
+from . import reproducible
 from .datasets import DIAGNOSES, LABELLED_PATTERNS, Sample, load_derm7pt, load_ham10000
 from .imagenet import IMAGENET_ARCH, SHARED_FILE, read_tflite
 
@@ -481,9 +482,7 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
     from tqdm import tqdm
 
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(True)
+    reproducible(cfg.seed, cfg.threads)
     samples = shared_samples(cfg.limit)
     labels = Labels.of(samples)
     model = BCCPatternNet(cfg.architecture())
