@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The model `make run` serves, built once, deterministically: the real-image model where
-# ../shared/data is present (about 8 minutes on 2 cores), else the synthetic demo model.
+# ../shared/data is present (about 10 minutes on 2 cores), else the synthetic demo model.
 model: $(STAMP)
 	$(BIN)/dermatriage model build --if-missing
 

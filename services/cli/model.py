@@ -64,6 +64,8 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
               help="Versions of each image cached (view 0 unaugmented).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--loss", type=click.Choice(["weighted", "focal"]), default="weighted", show_default=True)
+@click.option("--solver", type=click.Choice(["exact", "adamw"]), default="exact", show_default=True,
+              help="Heads fitted exactly (L-BFGS) or with the seed's staged AdamW.")
 @click.option("--synthetic", type=click.IntRange(0, 100_000), default=600, show_default=True,
               help="Drawn images for the five pattern heads without real labels (0: untrained).")
 @click.option("--limit", type=click.IntRange(8, 100_000), default=None,
@@ -72,7 +74,7 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
               help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(out: Path | None, seed: int, views: int, folds: int, loss: str, synthetic: int,
+def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
           limit: int | None, device: str, if_missing: bool, quiet: bool) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
     trainer = building("services.modelling.train")
@@ -80,7 +82,7 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, synthe
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
         return
-    cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss,
+    cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss, solver=solver,
                                   synthetic=synthetic, limit=limit)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)

@@ -92,3 +92,28 @@ def test_evaluate_command_on_a_small_real_subset(tiny_model, tmp_path):
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     bad = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(tmp_path)])
     assert bad.exit_code == 1 and "labels.csv" in bad.output
+
+
+@pytest.mark.parametrize("classes", [1, 4])
+def test_exact_heads_reach_the_regularised_optimum(classes):
+    """The heads are fitted to convergence: the objective's gradient vanishes at the result,
+    and stronger L2 shrinks the weights."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(600, 12, generator=gen)
+    truth = torch.randn(12, max(classes, 2), generator=gen)
+    y = (z @ truth).argmax(1) if classes > 1 else ((z @ truth[:, 0]) > 0.5).long()
+    cfg = train.RealTrainConfig()
+    weight = torch.ones(classes) if classes > 1 else None
+    pos = None if classes > 1 else train._pos_weight(y)
+    w, b = train._logistic(z, y, 0.01, cfg, weight=weight, pos_weight=pos)
+    w, b = w.T.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    logits = z @ w + b
+    loss = (F.cross_entropy(logits, y, weight=weight) if classes > 1
+            else F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=pos))
+    (loss + 0.01 * (w * w).sum()).backward()
+    assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
+    strong, _ = train._logistic(z, y, 1.0, cfg, weight=weight, pos_weight=pos)
+    assert strong.norm() < 0.5 * w.detach().norm()
