@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import click
+import os
 
-from .bench import bench
-from .model import model
-from .ops import audit, db, health, jobs, run, users, web, worker
+# Before anything loads torch: OpenMP threads that spin while they wait turn a busy two-core
+# machine into a ~15x slowdown of builds and inference; sleeping threads cost ~2x at worst
+# (`dermatriage bench build` measures both). An operator's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import click  # noqa: E402
+
+from .bench import bench  # noqa: E402
+from .model import model  # noqa: E402
+from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
 
 
 @click.group()

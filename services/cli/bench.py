@@ -64,3 +64,25 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
     for r in result["results"]:
         click.echo(f"{r['stack']}: intake {r['intake_rps']} req/s, analysis {r['analysis_cases_per_s']} "
                    f"cases/s, latency p50 {r['latency_p50_s']} s p95 {r['latency_p95_s']} s")
+
+
+@bench.command("build")
+@click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
+              help="Images per data set in the reduced build.")
+@click.option("--competitor", "competitors", type=click.Choice(["python", "torch"]), multiple=True,
+              default=("python", "torch"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def build(images: int, competitors: tuple[str, ...], as_json: bool) -> None:
+    """The real-image build idle and beside a competing busy process (wall-time ratios)."""
+    build_bench = building("services.bench.build")
+    if not (config.shared_data_dir() / "ham10000-224" / "metadata.csv").exists():
+        raise click.ClickException(f"HAM10000 images not found under {config.shared_data_dir()}")
+    result = build_bench.bench_build(images, competitors=competitors)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for r in result["runs"]:
+        click.echo(f"OMP_WAIT_POLICY={r['policy']:<8} competitor={r['competitor'] or 'none':<7} "
+                   f"{r['seconds']:7.1f} s  x{r['ratio']}")
+    click.echo(f"worst busy/idle with PASSIVE (what dermatriage sets): x{result['worst_passive_ratio']} "
+               f"(limit x{result['limit_ratio']})")
