@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+
+import pytest
 from click.testing import CliRunner
 
 from services.cli import main
@@ -21,3 +26,14 @@ def test_users_create_and_errors(embedded_stack):
 def test_audit_verify_on_an_empty_chain(embedded_stack):
     result = CliRunner().invoke(main, ["audit", "verify"], env=embedded_stack.env)
     assert result.exit_code == 0 and "OK: 0 records" in result.output
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cli_makes_openmp_threads_sleep_unless_the_operator_chose(given, expected):
+    """Set before torch loads (libgomp reads it once): spinning threads slow a busy machine ~3x."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, services.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
