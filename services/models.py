@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 from enum import StrEnum
 
 from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer,
-                        String, Text, UniqueConstraint, Index, TypeDecorator)
+                        String, Text, UniqueConstraint, Index, TypeDecorator, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .vocabulary import (BodySite, CaseStatus, ImageKind, JobStatus, RiskTier, Role, Sex,
-                         check_in)
+from .vocabulary import (QUEUED_STATUSES, BodySite, CaseStatus, ImageKind, JobStatus, RiskTier, Role,
+                         Sex, check_in)
 
 
 def utcnow() -> datetime:
@@ -77,6 +77,13 @@ class User(Base):
     __table_args__ = (CheckConstraint(check_in("role", Role), name="ck_users_role"),)
 
 
+# Waiting for a dermatologist: analysed (or the analysis failed) and unclaimed. Written out as
+# SQL with literal values so that PostgreSQL can match it to the partial indexes even in a
+# generic plan of a prepared statement (bound parameters would hide the values).
+WAITING_SQL = ("status IN (" + ", ".join(f"'{s.value}'" for s in QUEUED_STATUSES)
+               + ") AND claimed_by IS NULL")
+
+
 class Case(Base):
     __tablename__ = "cases"
 
@@ -108,12 +115,22 @@ class Case(Base):
     jobs: Mapped[list["AnalysisJob"]] = relationship(back_populates="case")
 
     __table_args__ = (
-        Index("ix_cases_queue", "status", "claimed_by", "escalate_at"),
+        # The case lists, newest first (the queue's indexes follow the class).
+        Index("ix_cases_created", "created_at"),
+        Index("ix_cases_gp_created", "gp_id", "created_at"),
         CheckConstraint(check_in("status", CaseStatus), name="ck_cases_status"),
         CheckConstraint(check_in("sex", Sex), name="ck_cases_sex"),
         CheckConstraint(check_in("body_site", BodySite), name="ck_cases_body_site"),
         CheckConstraint(check_in("risk_tier", RiskTier), name="ck_cases_risk_tier"),
     )
+
+
+# The referral queue's scans (services/queue.py): per tier, by deadline and by risk, over the
+# waiting rows only.
+Index("ix_cases_waiting_deadline", Case.risk_tier, Case.due_at, Case.risk_score.desc(), Case.queued_at,
+      Case.id, postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
+Index("ix_cases_waiting_risk", Case.risk_tier, Case.risk_score.desc(), Case.queued_at, Case.id,
+      postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
 
 
 class CaseImage(Base):

@@ -2,35 +2,208 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case as sql_case, select, update
+from sqlalchemy import (and_, case as sql_case, func, literal, not_, or_, select, text, true,
+                        union_all, update)
 
-from . import permissions
-from .errors import Conflict, NotFound
-from .models import Case, User, utcnow
+from . import permissions, risk
+from .errors import Conflict, NotFound, ValidationError
+from .models import WAITING_SQL, Case, User, utcnow
 from .runtime import Runtime
-from .vocabulary import QUEUED_STATUSES, CaseStatus
+from .vocabulary import QUEUED_STATUSES, BodySite, CaseStatus, RiskTier, values
 
 
-def _order(now: datetime):
-    due_soon = Case.escalate_at <= now
-    return (sql_case((due_soon, 0), else_=1), sql_case((due_soon, Case.due_at), else_=None),
-            Case.risk_score.desc(), Case.queued_at)
+# --- the referral order ----------------------------------------------------------------------
+# A waiting case is analysed (or its analysis failed), unclaimed. The queue serves first the
+# cases whose escalation time has come (by deadline), then the rest (by risk). The split
+# depends on the current time, so no single index gives the order; instead the order is the
+# concatenation of six index-ordered scans, one per (half, tier), each served by a partial
+# index on the waiting rows and each stopping after `limit` rows:
+# - escalated, per tier: deadline order. Within a tier the escalation lead (due_at - escalate_at)
+#   is the fixed share of the tier's SLA (risk.py), so "escalate_at <= now" is the prefix
+#   "due_at <= now + lead" of that tier's deadline index.
+# - the rest, per tier in tier order: risk order. Tiers are disjoint score bands (urgent >=
+#   70 > routine >= 35 > low), so risk order is urgent's rows, then routine's, then low's.
+# The two halves partition the waiting rows exactly (one predicate and its negation), so no
+# case can fall out of the queue, even one scored under another escalation share.
+WAITING = (text(WAITING_SQL),)
+TIER_ORDER = [tier for tier, _floor, _sla in risk.TIERS]
+LEADS = {tier: sla * (1 - risk.ESCALATE_SHARE) for tier, _floor, sla in risk.TIERS}
 
 
-def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None = None) -> list[dict]:
+@dataclass(frozen=True)
+class QueueFilter:
+    """Optional filters of the queue (None: any)."""
+
+    tier: RiskTier | None = None
+    needs_attention: bool | None = None
+    ai_available: bool | None = None
+    body_site: BodySite | None = None
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> "QueueFilter":
+        """From query-string values; a bad one is a ValidationError naming the field."""
+        def choice(name, enum):
+            raw = (args.get(name) or "").strip()
+            if not raw:
+                return None
+            if raw not in values(enum):
+                raise ValidationError(f"{name}: must be one of {', '.join(values(enum))}", name)
+            return enum(raw)
+
+        def flag(name):
+            raw = (args.get(name) or "").strip().lower()
+            if not raw:
+                return None
+            if raw in ("1", "true", "yes"):
+                return True
+            if raw in ("0", "false", "no"):
+                return False
+            raise ValidationError(f"{name}: must be true or false", name)
+        return cls(tier=choice("tier", RiskTier), needs_attention=flag("needs_attention"),
+                   ai_available=flag("ai_available"), body_site=choice("body_site", BodySite))
+
+    def clauses(self) -> list:
+        out = []
+        for column, value in ((Case.risk_tier, self.tier), (Case.needs_attention, self.needs_attention),
+                              (Case.ai_available, self.ai_available), (Case.body_site, self.body_site)):
+            if value is not None:
+                out.append(column == value)
+        return out
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    entries: list[dict]
+    next_cursor: str | None     # pass as `after` for the next page
+    as_of: datetime             # the time the order was computed for (kept across pages)
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A row's place in the order: escalated rows first (by deadline), then by risk."""
+
+    escalated: bool
+    due_at: datetime | None
+    risk_score: float
+    queued_at: datetime | None
+    case_id: str
+    position: int = 0
+
+    def encode(self, as_of: datetime) -> str:
+        raw = json.dumps([int(self.escalated), _iso(self.due_at), self.risk_score,
+                          _iso(self.queued_at), self.case_id, _iso(as_of), self.position])
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> tuple["_Key", datetime]:
+        try:
+            raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            esc, due, score, queued, case_id, as_of, position = raw
+            return (cls(bool(esc), _dt(due), float(score), _dt(queued), str(case_id), int(position)),
+                    _dt(as_of) or utcnow())
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
+            raise ValidationError("after: not a cursor this queue gave out", "after") from exc
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _after(key: _Key | None, escalated_half: bool):
+    """Rows of one half that come after the cursor; None when that whole half is behind it."""
+    if key is None or (key.escalated and not escalated_half):
+        return true()
+    if not key.escalated and escalated_half:
+        return None
+    tail = or_(Case.queued_at > key.queued_at,
+               and_(Case.queued_at == key.queued_at, Case.id > key.case_id))
+    by_risk = or_(Case.risk_score < key.risk_score, and_(Case.risk_score == key.risk_score, tail))
+    if not escalated_half:
+        return and_(Case.risk_score <= key.risk_score, by_risk)
+    return and_(Case.due_at >= key.due_at,
+                or_(Case.due_at > key.due_at, and_(Case.due_at == key.due_at, by_risk)))
+
+
+def _halves(now: datetime, key: _Key | None, extra: list, limit: int):
+    scans = []
+    for tier in TIER_ORDER:
+        # Two-valued even for a row without dates (FALSE AND NULL is FALSE), so that its
+        # negation is exactly the other half.
+        escalated = and_(Case.escalate_at.is_not(None), Case.due_at.is_not(None),
+                         Case.escalate_at <= now, Case.due_at <= now + LEADS[tier])
+        for is_escalated, cond, order in (
+                (True, escalated, (Case.due_at, Case.risk_score.desc(), Case.queued_at, Case.id)),
+                (False, not_(escalated), (Case.risk_score.desc(), Case.queued_at, Case.id))):
+            after = _after(key, is_escalated)
+            if after is None:
+                continue
+            scans.append(select(Case.id, literal(int(is_escalated)).label("escalated"))
+                         .where(*WAITING, Case.risk_tier == tier, cond, after, *extra)
+                         .order_by(*order).limit(limit).subquery())
+    return scans
+
+
+def page_statement(now: datetime, key: _Key | None, filters: QueueFilter, limit: int):
+    """The SELECT of one page: (Case, escalated) rows in queue order; None if nothing follows."""
+    scans = _halves(now, key, filters.clauses(), limit)
+    if not scans:
+        return None
+    picked = union_all(*[select(s.c.id, s.c.escalated) for s in scans]).subquery()
+    return (select(Case, picked.c.escalated).join(picked, picked.c.id == Case.id)
+            .order_by(picked.c.escalated.desc(),
+                      sql_case((picked.c.escalated == 1, Case.due_at), else_=None),
+                      Case.risk_score.desc(), Case.queued_at, Case.id)
+            .limit(limit))
+
+
+def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None = None,
+               after: str | None = None, filters: QueueFilter = QueueFilter()) -> QueuePage:
+    """One page of the referral queue; ``after`` (a cursor from the previous page) continues
+    it in the same order, computed for the same moment as the first page."""
     permissions.require(user, permissions.WORK_QUEUE)
+    if not 1 <= limit <= 500:
+        raise ValidationError("limit: must be between 1 and 500", "limit")
+    key = None
+    if after:
+        key, now = _Key.decode(after)
     now = now or utcnow()
+    statement = page_statement(now, key, filters, limit)
+    if statement is None:
+        return QueuePage([], None, now)
     with rt.read() as session:
-        rows = session.scalars(select(Case).where(Case.status.in_(QUEUED_STATUSES),
-                                                  Case.claimed_by.is_(None))
-                               .order_by(*_order(now)).limit(limit)).all()
-    return [queue_entry(c, i + 1, now) for i, c in enumerate(rows)]
+        rows = session.execute(statement).all()
+    start = key.position if key else 0
+    entries = [queue_entry(c, start + i + 1, now, bool(e)) for i, (c, e) in enumerate(rows)]
+    next_cursor = None
+    if len(rows) == limit:
+        last, escalated = rows[-1]
+        next_cursor = _Key(bool(escalated), last.due_at, last.risk_score, last.queued_at,
+                           last.id, start + len(rows)).encode(now)
+    return QueuePage(entries, next_cursor, now)
 
 
-def queue_entry(case: Case, position: int, now: datetime) -> dict:
-    if case.escalate_at and case.escalate_at <= now:
+def tier_counts(rt: Runtime, user: User, filters: QueueFilter = QueueFilter()) -> dict[str, int]:
+    """Waiting cases per tier (the queue page's header)."""
+    permissions.require(user, permissions.WORK_QUEUE)
+    with rt.read() as session:
+        got = dict(session.execute(select(Case.risk_tier, func.count()).where(*WAITING, *filters.clauses())
+                                   .group_by(Case.risk_tier)).all())
+    return {str(t): int(got.get(t, 0)) for t in TIER_ORDER}
+
+
+def queue_entry(case: Case, position: int, now: datetime, escalated: bool) -> dict:
+    if escalated:
         late = now - case.due_at
         why = (f"overdue by {_hours(late)}" if late.total_seconds() > 0
                else f"deadline in {_hours(-late)}") + f" ({case.risk_tier} review deadline): served first"

@@ -217,6 +217,17 @@ def user(rt: Runtime, username: str) -> User:
 
 
 # --- API -----------------------------------------------------------------------------------
+def login(app, username: str):
+    """A page client logged in through the real form (with its CSRF token)."""
+    client = app.test_client()
+    client.get("/login")
+    with client.session_transaction() as sess:
+        csrf = sess["csrf"]
+    r = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": csrf})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    return client
+
+
 def token_for(client, username: str) -> dict:
     r = client.post("/api/v1/auth/token", json={"username": username, "password": PASSWORD})
     assert r.status_code == 200, r.json

@@ -80,7 +80,29 @@ def claim(case_id):
 @bp.get("/queue")
 @api_login_required(permissions.WORK_QUEUE)
 def get_queue():
-    return jsonify({"queue": queue.list_queue(runtime(), g.user)})
+    """One page of the queue: ``?limit=&after=`` (keyset paging) and the filters ``tier``,
+    ``needs_attention``, ``ai_available``, ``body_site``."""
+    page = queue.list_queue(runtime(), g.user, limit=_int_arg("limit", 100),
+                            after=request.args.get("after") or None,
+                            filters=queue.QueueFilter.from_args(request.args))
+    return jsonify({"queue": page.entries, "next": page.next_cursor, "as_of": page.as_of.isoformat()})
+
+
+@bp.get("/queue/counts")
+@api_login_required(permissions.WORK_QUEUE)
+def get_queue_counts():
+    return jsonify({"counts": queue.tier_counts(runtime(), g.user,
+                                                queue.QueueFilter.from_args(request.args))})
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name}: must be a whole number", name) from None
 
 
 @bp.get("/audit/verify")

@@ -7,7 +7,7 @@ from flask import (Blueprint, Flask, Response, flash, g, redirect, render_templa
 
 from services import audit, cases, permissions, queue, users
 from services.errors import DermaTriageError
-from services.vocabulary import Role
+from services.vocabulary import BodySite, RiskTier, Role, values
 
 from .auth import csrf_ok, csrf_token, log_in, login_required, page_user, runtime
 from .errors import render_error
@@ -106,7 +106,14 @@ def case_map(case_id, prediction_id, target):
 @bp.get("/queue")
 @login_required(permissions.WORK_QUEUE)
 def referral_queue():
-    return render_template("queue.html", rows=queue.list_queue(runtime(), g.user))
+    filters = queue.QueueFilter.from_args(request.args)
+    page = queue.list_queue(runtime(), g.user, limit=50, after=request.args.get("after") or None,
+                            filters=filters)
+    next_url = (url_for("pages.referral_queue", **{**request.args.to_dict(), "after": page.next_cursor})
+                if page.next_cursor else None)
+    return render_template("queue.html", rows=page.entries, next_url=next_url,
+                           counts=queue.tier_counts(runtime(), g.user, filters), filters=filters,
+                           tiers=values(RiskTier), sites=values(BodySite))
 
 
 @bp.post("/cases/<case_id>/claim")

@@ -68,4 +68,4 @@ def test_many_claimers_many_cases_no_case_twice(full_stack):
         t.join()
     assert sorted(claims) == sorted(ids)
     assert all(len(v) == 1 for v in claims.values())
-    assert queue.list_queue(rt, derms[0]) == []
+    assert queue.list_queue(rt, derms[0]).entries == []

@@ -10,7 +10,7 @@ from services.models import Base
 
 
 def test_single_head():
-    assert migrate.heads("sqlite://") == ["0003"]
+    assert migrate.heads("sqlite://") == ["0004"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

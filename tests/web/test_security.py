@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from services.config import ConfigurationError, Settings
 from services.models import User
 from services.users import issue_token
-from tests.factories import (ACCOUNTS, PASSWORD, FakeClock, jpeg_with_gps, mark_queued, post_case,
+from tests.factories import (ACCOUNTS, PASSWORD, FakeClock, jpeg_with_gps, login, mark_queued, post_case,
                              token_for)
 
 ROLES = ["gp1", "gp2", "derm1", "auditor1", "admin1", None]
@@ -70,16 +70,6 @@ PAGES = [
     ("/audit", {"gp1": 403, "derm1": 403, "auditor1": 200, "admin1": 403}),
     ("/admin", {"gp1": 403, "derm1": 403, "auditor1": 403, "admin1": 200}),
 ]
-
-
-def login(app, username):
-    client = app.test_client()
-    client.get("/login")
-    with client.session_transaction() as sess:
-        csrf = sess["csrf"]
-    r = client.post("/login", data={"username": username, "password": PASSWORD, "csrf_token": csrf})
-    assert r.status_code == 302, r.get_data(as_text=True)
-    return client
 
 
 def test_every_page_for_every_role(world):
