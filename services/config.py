@@ -86,6 +86,7 @@ class Settings:
     sweep_interval_s: float = 15.0
     batch_max: int = 16
     batch_wait_ms: float = 25.0
+    queue_cache_s: float = 1.0
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
@@ -105,6 +106,7 @@ class Settings:
             sweep_interval_s=float(env.get("SWEEP_INTERVAL_S", 15)),
             batch_max=int(env.get("BATCH_MAX", 16)),
             batch_wait_ms=float(env.get("BATCH_WAIT_MS", 25)),
+            queue_cache_s=float(env.get("QUEUE_CACHE_S", 1.0)),
         )
         settings.validate()
         return settings

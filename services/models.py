@@ -126,11 +126,12 @@ class Case(Base):
 
 
 # The referral queue's scans (services/queue.py): per tier, by deadline and by risk, over the
-# waiting rows only.
+# waiting rows only. The trailing date columns let PostgreSQL answer a scan from the index
+# alone (index-only scan), without visiting the table for the rows it filters out.
 Index("ix_cases_waiting_deadline", Case.risk_tier, Case.due_at, Case.risk_score.desc(), Case.queued_at,
-      Case.id, postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
+      Case.id, Case.escalate_at, postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
 Index("ix_cases_waiting_risk", Case.risk_tier, Case.risk_score.desc(), Case.queued_at, Case.id,
-      postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
+      Case.escalate_at, Case.due_at, postgresql_where=text(WAITING_SQL), sqlite_where=text(WAITING_SQL))
 
 
 class CaseImage(Base):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -148,10 +150,17 @@ def _halves(now: datetime, key: _Key | None, extra: list, limit: int):
             after = _after(key, is_escalated)
             if after is None:
                 continue
-            scans.append(select(Case.id, literal(int(is_escalated)).label("escalated"))
+            scans.append(select(Case.id, literal(int(is_escalated)).label("escalated"), Case.due_at,
+                                Case.risk_score, Case.queued_at)
                          .where(*WAITING, Case.risk_tier == tier, cond, after, *extra)
                          .order_by(*order).limit(limit).subquery())
     return scans
+
+
+# What a queue entry shows: columns, not ORM objects (a page is read-only and hot).
+ENTRY_COLUMNS = (Case.id, Case.status, Case.risk_score, Case.risk_tier, Case.needs_attention,
+                 Case.ai_available, Case.due_at, Case.escalate_at, Case.queued_at, Case.risk_reasons,
+                 Case.body_site, Case.age, Case.created_at)
 
 
 def page_statement(now: datetime, key: _Key | None, filters: QueueFilter, limit: int):
@@ -159,12 +168,45 @@ def page_statement(now: datetime, key: _Key | None, filters: QueueFilter, limit:
     scans = _halves(now, key, filters.clauses(), limit)
     if not scans:
         return None
-    picked = union_all(*[select(s.c.id, s.c.escalated) for s in scans]).subquery()
-    return (select(Case, picked.c.escalated).join(picked, picked.c.id == Case.id)
-            .order_by(picked.c.escalated.desc(),
-                      sql_case((picked.c.escalated == 1, Case.due_at), else_=None),
-                      Case.risk_score.desc(), Case.queued_at, Case.id)
-            .limit(limit))
+    # Order and cut the candidates on the index columns alone, then read the winners' rows.
+    union = union_all(*[select(s.c.id, s.c.escalated, s.c.due_at, s.c.risk_score, s.c.queued_at)
+                        for s in scans]).subquery()
+    order = (union.c.escalated.desc(), sql_case((union.c.escalated == 1, union.c.due_at), else_=None),
+             union.c.risk_score.desc(), union.c.queued_at, union.c.id)
+    top = select(union).order_by(*order).limit(limit).subquery()
+    return (select(*ENTRY_COLUMNS, top.c.escalated).join(top, top.c.id == Case.id)
+            .order_by(top.c.escalated.desc(), sql_case((top.c.escalated == 1, top.c.due_at), else_=None),
+                      top.c.risk_score.desc(), top.c.queued_at, top.c.id))
+
+
+class _FirstPages:
+    """Dermatologists poll the queue's first page, and it is the same page for all of them:
+    within ``QUEUE_CACHE_S`` seconds they share one computation (per process). A claim made
+    through this process drops the cache at once; a claim made elsewhere can leave a case
+    listed for at most that long, and claiming it then answers 409 (the claim is the guard)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pages: dict[tuple, tuple[float, QueuePage]] = {}
+
+    def get(self, key: tuple, ttl: float) -> QueuePage | None:
+        with self._lock:
+            hit = self._pages.get(key)
+        return hit[1] if hit and time.monotonic() - hit[0] < ttl else None
+
+    def put(self, key: tuple, page: QueuePage) -> None:
+        with self._lock:
+            if len(self._pages) > 256:
+                self._pages.clear()
+            self._pages[key] = (time.monotonic(), page)
+
+    def drop(self, database_url: str) -> None:
+        with self._lock:
+            for key in [k for k in self._pages if k[0] == database_url]:
+                del self._pages[key]
+
+
+_first_pages = _FirstPages()
 
 
 def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None = None,
@@ -174,6 +216,19 @@ def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None =
     permissions.require(user, permissions.WORK_QUEUE)
     if not 1 <= limit <= 500:
         raise ValidationError("limit: must be between 1 and 500", "limit")
+    ttl = rt.settings.queue_cache_s
+    if ttl > 0 and now is None and not after:
+        cache_key = (rt.settings.database_url, filters, limit)
+        page = _first_pages.get(cache_key, ttl)
+        if page is None:
+            page = _page(rt, limit, None, None, filters)
+            _first_pages.put(cache_key, page)
+        return page
+    return _page(rt, limit, now, after, filters)
+
+
+def _page(rt: Runtime, limit: int, now: datetime | None, after: str | None,
+          filters: QueueFilter) -> QueuePage:
     key = None
     if after:
         key, now = _Key.decode(after)
@@ -184,11 +239,11 @@ def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None =
     with rt.read() as session:
         rows = session.execute(statement).all()
     start = key.position if key else 0
-    entries = [queue_entry(c, start + i + 1, now, bool(e)) for i, (c, e) in enumerate(rows)]
+    entries = [queue_entry(r, start + i + 1, now, bool(r.escalated)) for i, r in enumerate(rows)]
     next_cursor = None
     if len(rows) == limit:
-        last, escalated = rows[-1]
-        next_cursor = _Key(bool(escalated), last.due_at, last.risk_score, last.queued_at,
+        last = rows[-1]
+        next_cursor = _Key(bool(last.escalated), last.due_at, last.risk_score, last.queued_at,
                            last.id, start + len(rows)).encode(now)
     return QueuePage(entries, next_cursor, now)
 
@@ -202,7 +257,8 @@ def tier_counts(rt: Runtime, user: User, filters: QueueFilter = QueueFilter()) -
     return {str(t): int(got.get(t, 0)) for t in TIER_ORDER}
 
 
-def queue_entry(case: Case, position: int, now: datetime, escalated: bool) -> dict:
+def queue_entry(case, position: int, now: datetime, escalated: bool) -> dict:
+    """One row of the queue, from a row of ENTRY_COLUMNS (or a Case)."""
     if escalated:
         late = now - case.due_at
         why = (f"overdue by {_hours(late)}" if late.total_seconds() > 0
@@ -244,4 +300,5 @@ def claim(rt: Runtime, user: User, case_id: str) -> dict:
                                          status=CaseStatus.CLAIMED))
         if result.rowcount != 1:
             raise Conflict("case is already claimed")
+    _first_pages.drop(rt.settings.database_url)
     return {"case_id": case_id, "claimed_by": user.username, "status": CaseStatus.CLAIMED.value}

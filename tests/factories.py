@@ -188,7 +188,7 @@ def make_stack(kind: str, tmp: Path, model_path: Path, postgres_url=None, redis_
                s3_endpoint=None, **overrides) -> Stack:
     env = {"DERMATRIAGE_DATA_DIR": str(tmp), "DERMATRIAGE_MODEL_PATH": str(model_path),
            "SECRET_KEY": "test-secret-key-" + uuid.uuid4().hex, "SWEEP_INTERVAL_S": "1",
-           "JOB_LEASE_S": "30", "DERMATRIAGE_ENV": "test"}
+           "JOB_LEASE_S": "30", "DERMATRIAGE_ENV": "test", "QUEUE_CACHE_S": "0"}
     if kind == "full":
         env["DATABASE_URL"] = postgres_url
         env["BROKER_URL"] = redis_url

@@ -25,9 +25,11 @@ def upgrade() -> None:
     op.drop_index("ix_cases_queue", table_name="cases")
     where = {"postgresql_where": sa.text(WAITING), "sqlite_where": sa.text(WAITING)}
     op.create_index("ix_cases_waiting_deadline", "cases",
-                    ["risk_tier", "due_at", sa.text("risk_score DESC"), "queued_at", "id"], **where)
+                    ["risk_tier", "due_at", sa.text("risk_score DESC"), "queued_at", "id",
+                     "escalate_at"], **where)
     op.create_index("ix_cases_waiting_risk", "cases",
-                    ["risk_tier", sa.text("risk_score DESC"), "queued_at", "id"], **where)
+                    ["risk_tier", sa.text("risk_score DESC"), "queued_at", "id", "escalate_at",
+                     "due_at"], **where)
     op.create_index("ix_cases_created", "cases", ["created_at"])
     op.create_index("ix_cases_gp_created", "cases", ["gp_id", "created_at"])
 

@@ -86,3 +86,24 @@ def build(images: int, competitors: tuple[str, ...], as_json: bool) -> None:
                    f"{r['seconds']:7.1f} s  x{r['ratio']}")
     click.echo(f"worst busy/idle with PASSIVE (what dermatriage sets): x{result['worst_passive_ratio']} "
                f"(limit x{result['limit_ratio']})")
+
+
+@bench.command("queue")
+@click.option("--cases", "n", type=click.IntRange(1000, 20_000_000), default=1_000_000, show_default=True)
+@click.option("--waiting", "shares", type=click.FloatRange(0.001, 1.0), multiple=True,
+              default=(0.03, 0.30), show_default=True, help="Share of the cases waiting (repeatable).")
+@click.option("--seconds", type=click.FloatRange(1, 600), default=10, show_default=True,
+              help="How long the 20 pollers run.")
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+@click.option("--web-workers", type=click.IntRange(1, 64), default=2, show_default=True)
+def queue_bench(n: int, shares: tuple[float, ...], seconds: float, postgres_admin_url: str,
+                web_workers: int) -> None:
+    """The queue API at scale on PostgreSQL: latency, pollers' throughput, old vs new query (JSON)."""
+    queue_module = building("services.bench.queue")
+    try:
+        result = queue_module.bench_queue(n, list(shares), postgres_admin_url, seconds=seconds,
+                                          web_workers=web_workers)
+    except Exception as exc:       # a benchmark: say what failed, exit non-zero
+        raise click.ClickException(f"queue benchmark failed: {exc}") from exc
+    click.echo(json.dumps(result, indent=2))

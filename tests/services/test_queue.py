@@ -129,3 +129,17 @@ def test_postgres_serves_the_queue_from_the_partial_indexes(full_stack):
         s.execute(text("SET LOCAL enable_seqscan = off"))
         plan = "\n".join(r[0] for r in s.connection().exec_driver_sql(f"EXPLAIN {compiled}", params))
     assert plan.count("ix_cases_waiting_deadline") == 3 and plan.count("ix_cases_waiting_risk") == 3, plan
+
+
+def test_first_page_is_shared_for_a_moment_and_dropped_by_a_claim(stack):
+    rt = stack.with_env(QUEUE_CACHE_S="30").runtime()
+    derm = user(rt, "derm1")
+    first = queued_case(rt, "a", 0.9, utcnow())
+    page = queue.list_queue(rt, derm)
+    queued_case(rt, "b", 0.95, utcnow())
+    assert queue.list_queue(rt, derm) is page                     # served from the cache
+    assert len(queue.list_queue(rt, derm, now=utcnow()).entries) == 2   # an explicit moment is live
+    queue.claim(rt, derm, first)
+    fresh = queue.list_queue(rt, derm)
+    assert [e["case_id"] for e in fresh.entries] != [first] and len(fresh.entries) == 1
+    assert queue.list_queue(stack.runtime(), derm).entries == fresh.entries  # QUEUE_CACHE_S=0: live
