@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 model: $(STAMP)
 	$(BIN)/dermatriage model build --if-missing
 
-# The synthetic demo model (not for clinical use): the tests need it (about 10 minutes).
+# The synthetic demo model (not for clinical use): the tests need it (about 6 minutes).
 demo-model: $(STAMP)
 	$(BIN)/dermatriage model build-demo --if-missing
 
