@@ -26,6 +26,22 @@ def make_celery(settings: Settings) -> Celery:
     return celery
 
 
+def make_sender(settings: Settings) -> Celery:
+    """Celery for sending only, which fails at once when the broker is down. Without
+    ``max_retries=0`` kombu retries the connection for ~6 s despite ``retry=False``, holding a
+    GP's request and a web thread for nothing: the outbox row is already committed and the
+    sweeper re-sends it when the broker is back."""
+    celery = make_celery(settings)
+    celery.conf.broker_transport_options = {**settings.broker_transport_options, "max_retries": 0}
+    return celery
+
+
+def ping(celery: Celery) -> None:
+    """Raise unless the broker accepts a connection (one try, no waiting between tries)."""
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
+
+
 class CeleryDispatcher:
     """The analysis dispatcher port (``Runtime.send_job``) backed by the broker."""
 

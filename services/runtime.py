@@ -50,6 +50,11 @@ class Runtime:
         from .broker import make_celery
         return make_celery(self.settings)
 
+    @cached_property
+    def sender(self):
+        from .broker import make_sender
+        return make_sender(self.settings)
+
     def read(self) -> AbstractContextManager[Session]:
         return db.read(self.sessions)
 
@@ -60,11 +65,11 @@ class Runtime:
         """Hand one analysis job to the workers; raises if the broker cannot take it."""
         if self.dispatcher is None:
             from .broker import CeleryDispatcher
-            self.dispatcher = CeleryDispatcher(self.celery)
+            self.dispatcher = CeleryDispatcher(self.sender)
         self.dispatcher(job_id)
 
     def health(self) -> dict[str, str]:
-        """'ok' or the reason, for the database and the object store."""
+        """'ok' or the reason, for the database, the object store and the broker."""
         out = {}
         try:
             with self.engine.connect() as conn:
@@ -77,6 +82,12 @@ class Runtime:
             out["object_store"] = "ok"
         except (StorageError, OSError) as exc:
             out["object_store"] = f"unreachable: {exc}"
+        try:
+            from .broker import ping
+            ping(self.sender)
+            out["broker"] = "ok"
+        except Exception as exc:  # any transport error: jobs wait in the outbox meanwhile
+            out["broker"] = f"unreachable: {type(exc).__name__}"
         return out
 
 

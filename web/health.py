@@ -7,10 +7,13 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
-    """200 only when the database and the object store answer."""
+    """Each dependency's state. 503 when the database or the object store does not answer
+    (nothing can be stored); a broker outage is "degraded" with 200, because cases are still
+    accepted and wait in the outbox until the sweeper can send them."""
     checks = runtime().health()
-    ok = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ok" if ok else "unavailable", "checks": checks}), 200 if ok else 503
+    essential = all(checks[k] == "ok" for k in ("database", "object_store"))
+    status = "unavailable" if not essential else "ok" if checks.get("broker") == "ok" else "degraded"
+    return jsonify({"status": status, "checks": checks}), 200 if essential else 503
 
 
 def init_app(app: Flask) -> None:

@@ -116,6 +116,26 @@ def test_database_down_gives_503_and_leaves_no_orphan_objects(embedded_stack, mo
     assert counts(embedded_stack) == (0, 0, 0) and stored_objects(embedded_stack) == 0
 
 
-def test_healthz_ok_when_both_reachable(stack):
+def test_healthz_ok_when_every_dependency_answers(stack):
     r = stack.app().test_client().get("/healthz")
-    assert r.status_code == 200 and r.json["checks"] == {"database": "ok", "object_store": "ok"}
+    assert r.status_code == 200 and r.json == {
+        "status": "ok", "checks": {"database": "ok", "object_store": "ok", "broker": "ok"}}
+
+
+def test_broker_down_costs_a_submission_nothing_and_health_says_degraded(full_stack):
+    """kombu used to retry the connection for ~6 s per submission while Redis was down; the
+    case is committed with its job before the send, so the send may fail at once."""
+    import time
+    stack = full_stack.with_env(BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    client = stack.app().test_client()
+    started = time.perf_counter()
+    r = post_case(client, token_for(client, "gp1"))
+    took = time.perf_counter() - started
+    assert r.status_code == 201, r.json
+    assert took < 2.0, f"a submission waited {took:.1f} s on a broker that is down"
+    with stack.runtime().read() as s:
+        job = s.scalar(select(AnalysisJob).where(AnalysisJob.case_id == r.json["id"]))
+        assert job.status == "pending" and job.dispatches == 0      # the sweeper's to send
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json["status"] == "degraded"
+    assert health.json["checks"]["broker"].startswith("unreachable")
