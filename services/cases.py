@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import images as image_io
-from . import jobs, permissions
+from . import jobs, params, permissions
 from .errors import NotFound, Unavailable, ValidationError
 from .models import AnalysisJob, Case, CaseImage, Prediction, User
 from .runtime import Runtime
@@ -51,15 +51,6 @@ class Upload:
     kind: str = "dermoscopic"
 
 
-def _flag(form: Mapping, name: str) -> bool:
-    value = str(form.get(name, "")).strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValidationError(f"{name} must be true or false", name)
-
-
 def parse_case_fields(form: Mapping) -> CaseInput:
     pseudonym = str(form.get("patient_pseudonym", "")).strip()
     if not pseudonym:
@@ -78,20 +69,14 @@ def parse_case_fields(form: Mapping) -> CaseInput:
     site = str(form.get("body_site", "")).strip().lower()
     if site not in BODY_SITES:
         raise ValidationError(f"body_site must be one of {', '.join(BODY_SITES)}", "body_site")
-    raw_duration = str(form.get("duration_months", "")).strip()
-    duration = None
-    if raw_duration:
-        try:
-            duration = int(raw_duration)
-        except ValueError:
-            raise ValidationError("duration_months must be a whole number", "duration_months") from None
-        if not 0 <= duration <= 1200:
-            raise ValidationError("duration_months must be between 0 and 1200", "duration_months")
+    duration = params.whole_number(form, "duration_months")
+    if duration is not None and not 0 <= duration <= 1200:
+        raise ValidationError("duration_months must be between 0 and 1200", "duration_months")
     question = str(form.get("gp_question", "")).strip()
     if len(question) > MAX_TEXT:
         raise ValidationError(f"gp_question must be at most {MAX_TEXT} characters", "gp_question")
-    return CaseInput(pseudonym, age, Sex(sex), BodySite(site), duration, _flag(form, "changed"),
-                     _flag(form, "bleeding"), question)
+    return CaseInput(pseudonym, age, Sex(sex), BodySite(site), duration, params.flag(form, "changed"),
+                     params.flag(form, "bleeding"), question)
 
 
 def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> Case:

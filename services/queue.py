@@ -14,11 +14,11 @@ from datetime import datetime
 from sqlalchemy import (and_, case as sql_case, func, literal, not_, or_, select, text, true,
                         union_all, update)
 
-from . import permissions, risk
+from . import params, permissions, risk
 from .errors import Conflict, NotFound, ValidationError
 from .models import WAITING_SQL, Case, User, utcnow
 from .runtime import Runtime
-from .vocabulary import QUEUED_STATUSES, BodySite, CaseStatus, RiskTier, values
+from .vocabulary import QUEUED_STATUSES, BodySite, CaseStatus, RiskTier
 
 
 # --- the referral order ----------------------------------------------------------------------
@@ -51,25 +51,10 @@ class QueueFilter:
     @classmethod
     def from_args(cls, args: Mapping[str, str]) -> "QueueFilter":
         """From query-string values; a bad one is a ValidationError naming the field."""
-        def choice(name, enum):
-            raw = (args.get(name) or "").strip()
-            if not raw:
-                return None
-            if raw not in values(enum):
-                raise ValidationError(f"{name}: must be one of {', '.join(values(enum))}", name)
-            return enum(raw)
-
-        def flag(name):
-            raw = (args.get(name) or "").strip().lower()
-            if not raw:
-                return None
-            if raw in ("1", "true", "yes"):
-                return True
-            if raw in ("0", "false", "no"):
-                return False
-            raise ValidationError(f"{name}: must be true or false", name)
-        return cls(tier=choice("tier", RiskTier), needs_attention=flag("needs_attention"),
-                   ai_available=flag("ai_available"), body_site=choice("body_site", BodySite))
+        return cls(tier=params.choice(args, "tier", RiskTier),
+                   needs_attention=params.flag(args, "needs_attention", None),
+                   ai_available=params.flag(args, "ai_available", None),
+                   body_site=params.choice(args, "body_site", BodySite))
 
     def clauses(self) -> list:
         out = []
@@ -111,7 +96,7 @@ class _Key:
             return (cls(bool(esc), _dt(due), float(score), _dt(queued), str(case_id), int(position)),
                     _dt(as_of) or utcnow())
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
-            raise ValidationError("after: not a cursor this queue gave out", "after") from exc
+            raise ValidationError("after must be a cursor this queue gave out", "after") from exc
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -215,7 +200,7 @@ def list_queue(rt: Runtime, user: User, limit: int = 100, now: datetime | None =
     it in the same order, computed for the same moment as the first page."""
     permissions.require(user, permissions.WORK_QUEUE)
     if not 1 <= limit <= 500:
-        raise ValidationError("limit: must be between 1 and 500", "limit")
+        raise ValidationError("limit must be between 1 and 500", "limit")
     ttl = rt.settings.queue_cache_s
     if ttl > 0 and now is None and not after:
         cache_key = (rt.settings.database_url, filters, limit)
@@ -258,7 +243,7 @@ def tier_counts(rt: Runtime, user: User, filters: QueueFilter = QueueFilter()) -
 
 
 def queue_entry(case, position: int, now: datetime, escalated: bool) -> dict:
-    """One row of the queue, from a row of ENTRY_COLUMNS (or a Case)."""
+    """One row of the queue, from a row of ENTRY_COLUMNS."""
     if escalated:
         late = now - case.due_at
         why = (f"overdue by {_hours(late)}" if late.total_seconds() > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import audit, cases, permissions, queue, users
+from services import audit, cases, params, permissions, queue, users
 from services.errors import Unauthorized, ValidationError
 
 from .auth import api_login_required, runtime
@@ -82,7 +82,7 @@ def claim(case_id):
 def get_queue():
     """One page of the queue: ``?limit=&after=`` (keyset paging) and the filters ``tier``,
     ``needs_attention``, ``ai_available``, ``body_site``."""
-    page = queue.list_queue(runtime(), g.user, limit=_int_arg("limit", 100),
+    page = queue.list_queue(runtime(), g.user, limit=params.whole_number(request.args, "limit", 100),
                             after=request.args.get("after") or None,
                             filters=queue.QueueFilter.from_args(request.args))
     return jsonify({"queue": page.entries, "next": page.next_cursor, "as_of": page.as_of.isoformat()})
@@ -94,15 +94,6 @@ def get_queue_counts():
     return jsonify({"counts": queue.tier_counts(runtime(), g.user,
                                                 queue.QueueFilter.from_args(request.args))})
 
-
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationError(f"{name}: must be a whole number", name) from None
 
 
 @bp.get("/audit/verify")

@@ -16,6 +16,14 @@ def bench() -> None:
     """Benchmarks (figures measured side by side in one run)."""
 
 
+def _shared_data() -> Path:
+    """The shared data folder, or a clear error when HAM10000 is not there."""
+    shared = config.shared_data_dir()
+    if not (shared / "ham10000-224" / "metadata.csv").exists():
+        raise click.ClickException(f"HAM10000 images not found under {shared}")
+    return shared
+
+
 @bench.command("explain")
 @click.option("--batch", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 100), default=5, show_default=True)
@@ -53,9 +61,7 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
     model = model_path or config.model_path()
     if not model.exists():
         raise click.ClickException(f"no model at {model}: run `make install`")
-    shared = config.shared_data_dir()
-    if not (shared / "ham10000-224" / "metadata.csv").exists():
-        raise click.ClickException(f"HAM10000 images not found under {shared}")
+    shared = _shared_data()
     chosen = ["embedded", "full"] if stacks == "both" else [stacks]
     result = pipeline_bench.bench_pipeline(n, chosen, model, shared, postgres_admin_url, redis_url)
     if as_json:
@@ -75,8 +81,7 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
 def build(images: int, competitors: tuple[str, ...], as_json: bool) -> None:
     """The real-image build idle and beside a competing busy process (wall-time ratios)."""
     build_bench = building("services.bench.build")
-    if not (config.shared_data_dir() / "ham10000-224" / "metadata.csv").exists():
-        raise click.ClickException(f"HAM10000 images not found under {config.shared_data_dir()}")
+    _shared_data()
     result = build_bench.bench_build(images, competitors=competitors)
     if as_json:
         click.echo(json.dumps(result, indent=2))
