@@ -89,12 +89,12 @@ class _Key:
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, cursor: str) -> tuple["_Key", datetime]:
+    def decode(cls, cursor: str) -> tuple["_Key", datetime | None]:
         try:
             raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
             esc, due, score, queued, case_id, as_of, position = raw
             return (cls(bool(esc), _dt(due), float(score), _dt(queued), str(case_id), int(position)),
-                    _dt(as_of) or utcnow())
+                    _dt(as_of))
         except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
             raise ValidationError("after must be a cursor this queue gave out", "after") from exc
 

@@ -454,7 +454,6 @@ def _train_heads_adamw(model: BCCPatternNet, x: torch.Tensor, labels: Labels, sy
                 loss.backward()
                 opt.step()
                 sched.step()
-    model.eval()
 
 
 def head_logits(model: BCCPatternNet, pooled: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
