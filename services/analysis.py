@@ -139,14 +139,20 @@ def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list["Ana
 
 def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                       result: "AnalysisResult", model: ModelInfo) -> None:
-    from .diagnosis.render import overlay_png
+    from .diagnosis.render import encode_map_array, overlay_png
 
     maps = {}
+    prefix = f"maps/{image_id}/{model.name}-{model.version}"
     for m in result.maps:
         png = overlay_png(result.input_rgb, m.normalised)
-        key = f"maps/{image_id}/{model.name}-{model.version}/{m.target}.png"
+        key = f"{prefix}/{m.target}.png"
         rt.store.put(key, png, "image/png")
         maps[m.target] = {"key": key, "sha256": hashlib.sha256(png).hexdigest()}
+    array = encode_map_array([m.normalised for m in result.maps])
+    map_array = {"key": f"{prefix}/maps.npz", "sha256": hashlib.sha256(array).hexdigest(),
+                 "targets": [m.target for m in result.maps],
+                 "shape": [len(result.maps), *result.maps[0].normalised.shape]}
+    rt.store.put(map_array["key"], array, "application/octet-stream")
     summary = result.summary()
     try:
         with rt.transaction() as s:
@@ -158,10 +164,11 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                 diagnosis_probabilities=result.diagnosis_probabilities,
                 pattern_probabilities=result.pattern_probabilities,
                 patterns_present=result.patterns_present, clinical=summary["clinical"],
-                map_numbers=summary["map_numbers"], maps=maps, quality=summary["quality"])
+                map_numbers=summary["map_numbers"], maps=maps, map_array=map_array,
+                quality=summary["quality"])
             s.add(pred)
             s.flush()
-            audit.append(s, case_id, pred.id, {
+            audit.append(s, case_id, {
                 "kind": "explanation", "case_id": case_id, "prediction_id": pred.id,
                 "image_id": image_id, "image_sha256": image_sha,
                 "model": {"name": model.name, "version": model.version,
@@ -175,11 +182,12 @@ def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                                "operating_points": model.operating_points or {}},
                 "calibration": model.calibration or {},
                 "clinical": summary["clinical"], "map_numbers": summary["map_numbers"],
-                "maps": maps, "quality": summary["quality"], "image": summary["image"],
+                "maps": maps, "map_array": map_array, "quality": summary["quality"],
+                "image": summary["image"],
                 "lesion_mask_method": result.lesion_mask_method,
                 "worker": worker_name(), "device": result.device,
                 "timings_ms": result.timings_ms, "recorded_at": utcnow().isoformat(),
-            })
+            }, prediction_id=pred.id)
     except IntegrityError:
         # Another delivery of this job stored it first: exactly one prediction remains.
         log.info("prediction for image %s and %s %s already stored", image_id, model.name, model.version)
@@ -232,7 +240,7 @@ def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: boo
     r = risk.assess(findings, bleeding=case.bleeding, changed=case.changed,
                     body_site=case.body_site, age=case.age, received_at=case.created_at,
                     ai_available=ai_available, operating_points=operating_points)
-    if case.status != CaseStatus.CLAIMED:
+    if case.status not in (CaseStatus.CLAIMED, CaseStatus.REVIEWED):
         case.status = CaseStatus.ANALYSED if ai_available else CaseStatus.ANALYSIS_FAILED
     case.ai_available = ai_available
     case.risk_score, case.risk_tier, case.risk_reasons = r.score, r.tier, r.reasons

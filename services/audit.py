@@ -1,4 +1,5 @@
-"""Explanation records: an append-only hash chain, and its verification.
+"""The audit trail: an append-only hash chain of explanation records (one model analysis
+each) and review records (one human decision each), and its verification.
 
 Each record stores its payload as canonical JSON text (sorted keys, no spaces) and
 record_hash = sha256(prev_hash || payload). prev_hash is UNIQUE, so two writers that read
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import permissions
 from .models import ExplanationRecord
+from .vocabulary import RecordKind
 from .runtime import Runtime
 from .storage import ObjectStore, StorageError
 
@@ -33,19 +35,35 @@ def chain_hash(prev_hash: str, payload_text: str) -> str:
     return hashlib.sha256((prev_hash + payload_text).encode()).hexdigest()
 
 
-def append(session: Session, case_id: str, prediction_id: str, payload: dict) -> ExplanationRecord:
-    """Add a record at the end of the chain, inside the caller's transaction."""
+def append(session: Session, case_id: str, payload: dict, *, prediction_id: str | None = None,
+           review_id: str | None = None) -> ExplanationRecord:
+    """Add a record at the end of the chain, inside the caller's transaction: an explanation
+    (give its prediction) or a human decision (give its review)."""
+    if (prediction_id is None) == (review_id is None):
+        raise ValueError("an audit record is about one prediction or one review")
     if session.bind.dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
     tail = session.scalar(select(ExplanationRecord.record_hash)
                           .order_by(ExplanationRecord.seq.desc()).limit(1))
     prev = tail or GENESIS
     body = canonical(payload)
-    record = ExplanationRecord(case_id=case_id, prediction_id=prediction_id, payload=body,
-                               prev_hash=prev, record_hash=chain_hash(prev, body))
+    kind = RecordKind.EXPLANATION if prediction_id is not None else RecordKind.REVIEW
+    record = ExplanationRecord(kind=kind, case_id=case_id, prediction_id=prediction_id,
+                               review_id=review_id, payload=body, prev_hash=prev,
+                               record_hash=chain_hash(prev, body))
     session.add(record)
     session.flush()
     return record
+
+
+def stored_objects(payload: dict) -> list[tuple[str, dict]]:
+    """The objects a record vouches for by sha256: an explanation's map overlays and map
+    array, a review's region masks."""
+    out = [(f"map object for {t}", ref) for t, ref in sorted(payload.get("maps", {}).items())]
+    if payload.get("map_array"):
+        out.append(("map array", payload["map_array"]))
+    out += [(f"region mask for {c}", ref) for c, ref in sorted(payload.get("regions", {}).items())]
+    return out
 
 
 @dataclass
@@ -81,13 +99,13 @@ def verify(session: Session, store: ObjectStore, check_objects: bool = True,
             if chain_hash(rec.prev_hash, rec.payload) != rec.record_hash:
                 return broken("record_hash does not match its content")
             if check_objects:
-                for target, ref in sorted(json.loads(rec.payload).get("maps", {}).items()):
+                for what, ref in stored_objects(json.loads(rec.payload)):
                     try:
                         data = store.get(ref["key"])
                     except StorageError as exc:
-                        return broken(f"map object for {target} missing: {exc}", key=ref["key"])
+                        return broken(f"{what} missing: {exc}", key=ref["key"])
                     if hashlib.sha256(data).hexdigest() != ref["sha256"]:
-                        return broken(f"map object for {target} altered", key=ref["key"])
+                        return broken(f"{what} altered", key=ref["key"])
                     objects += 1
             prev = rec.record_hash
             last_seq = rec.seq

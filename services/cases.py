@@ -14,14 +14,14 @@ import secrets
 from dataclasses import dataclass
 from typing import Mapping
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import images as image_io
 from . import jobs, params, permissions
 from .errors import NotFound, Unavailable, ValidationError
-from .models import AnalysisJob, Case, CaseImage, Prediction, User
+from .models import AnalysisJob, Case, CaseImage, Prediction, User, utcnow
 from .runtime import Runtime
 from .storage import STORAGE_DOWN, ObjectNotFound, StorageError
 from .vocabulary import BodySite, CaseStatus, ImageKind, JobStatus, Sex, values
@@ -141,7 +141,7 @@ def _delete_quietly(rt: Runtime, keys: list[str]) -> None:
             log.warning("could not remove orphan object %s after a failed intake", key)
 
 
-def _readable(session: Session, user: User, case_id: str) -> Case:
+def readable_case(session: Session, user: User, case_id: str) -> Case:
     permissions.require(user, permissions.READ_CASES)
     case = session.get(Case, case_id, options=[selectinload(Case.images)])
     # 404, not 403, for another GP's case: its existence is not disclosed.
@@ -150,7 +150,7 @@ def _readable(session: Session, user: User, case_id: str) -> Case:
     return case
 
 
-def _fetch(rt: Runtime, key: str) -> bytes:
+def fetch_object(rt: Runtime, key: str) -> bytes:
     try:
         return rt.store.get(key)
     except ObjectNotFound as exc:
@@ -160,31 +160,77 @@ def _fetch(rt: Runtime, key: str) -> bytes:
 
 
 def get_case(rt: Runtime, user: User, case_id: str) -> dict:
+    from .reviews import clinical_answer
+
     with rt.read() as session:
-        case = _readable(session, user, case_id)
+        case = readable_case(session, user, case_id)
         predictions = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
                                       .order_by(Prediction.created_at)).all()
-        return case_view(case, predictions)
+        view = case_view(case, predictions)
+        view["answer"] = clinical_answer(session, case_id) if case.answered_at else None
+    if view["answer"] and user.role in permissions.OWN_CASES_ONLY:
+        mark_answer_seen(rt, case_id)
+    return view
+
+
+def mark_answer_seen(rt: Runtime, case_id: str) -> None:
+    """The submitting GP has read the answer: it is no longer "new" in their list."""
+    with rt.transaction() as session:
+        session.execute(update(Case).where(Case.id == case_id).values(answer_seen_at=utcnow()))
 
 
 def get_image(rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[bytes, str]:
     with rt.read() as session:
-        case = _readable(session, user, case_id)
+        case = readable_case(session, user, case_id)
         image = next((i for i in case.images if i.id == image_id), None)
         if image is None:
             raise NotFound(f"no image {image_id} in case {case_id}")
         key, media_type = image.object_key, image.media_type
-    return _fetch(rt, key), media_type
+    return fetch_object(rt, key), media_type
 
 
 def get_map(rt: Runtime, user: User, case_id: str, prediction_id: str, target: str) -> bytes:
     with rt.read() as session:
-        _readable(session, user, case_id)
+        readable_case(session, user, case_id)
         pred = session.get(Prediction, prediction_id)
         if pred is None or pred.case_id != case_id or target not in pred.maps:
             raise NotFound(f"no map {target} for prediction {prediction_id}")
         key = pred.maps[target]["key"]
-    return _fetch(rt, key)
+    return fetch_object(rt, key)
+
+
+def _prediction(session: Session, user: User, case_id: str, prediction_id: str) -> Prediction:
+    readable_case(session, user, case_id)
+    pred = session.get(Prediction, prediction_id)
+    if pred is None or pred.case_id != case_id:
+        raise NotFound(f"no prediction {prediction_id} in case {case_id}")
+    return pred
+
+
+def get_analysed_crop(rt: Runtime, user: User, case_id: str, prediction_id: str) -> bytes:
+    """The square crop the model saw (PNG): the base the map layers and drawn regions refer to."""
+    from .diagnosis.preprocess import prepare
+    from .diagnosis.render import rgb_png
+
+    with rt.read() as session:
+        pred = _prediction(session, user, case_id, prediction_id)
+        image = session.get(CaseImage, pred.image_id)
+        if not pred.map_array:
+            raise NotFound("this prediction predates map layers; see its overlays")
+        key, size = image.object_key, pred.map_array["shape"][-1]
+    return rgb_png(prepare(fetch_object(rt, key), size).rgb)
+
+
+def get_map_layer(rt: Runtime, user: User, case_id: str, prediction_id: str, target: str) -> bytes:
+    """One target's map alone as an RGBA layer (PNG), rendered on request from the map array."""
+    from .diagnosis.render import decode_map_array, heat_layer_png
+
+    with rt.read() as session:
+        pred = _prediction(session, user, case_id, prediction_id)
+        if not pred.map_array or target not in pred.map_array["targets"]:
+            raise NotFound(f"no map layer {target} for prediction {prediction_id}")
+        key, index = pred.map_array["key"], pred.map_array["targets"].index(target)
+    return heat_layer_png(decode_map_array(fetch_object(rt, key))[index])
 
 
 def list_cases(rt: Runtime, user: User, limit: int = 100) -> list[dict]:
@@ -208,6 +254,9 @@ def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
             "needs_attention": case.needs_attention,
             "due_at": case.due_at.isoformat() if case.due_at else None},
         "claimed": case.claimed_by is not None,
+        "answered_at": case.answered_at.isoformat() if case.answered_at else None,
+        "new_answer": case.answered_at is not None and (
+            case.answer_seen_at is None or case.answer_seen_at < case.answered_at),
         "images": [{"id": i.id, "kind": i.kind, "media_type": i.media_type, "width": i.width,
                     "height": i.height, "sha256": i.sha256, "size": i.size}
                    for i in case.images],

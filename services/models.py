@@ -11,8 +11,8 @@ from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, Foreign
                         String, Text, UniqueConstraint, Index, TypeDecorator, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .vocabulary import (QUEUED_STATUSES, BodySite, CaseStatus, ImageKind, JobStatus, RiskTier, Role,
-                         Sex, check_in)
+from .vocabulary import (QUEUED_STATUSES, BodySite, CaseStatus, Diagnosis, ImageKind, JobStatus,
+                         Management, RecordKind, ReviewPurpose, RiskTier, Role, Sex, check_in)
 
 
 def utcnow() -> datetime:
@@ -109,6 +109,10 @@ class Case(Base):
     queued_at: Mapped[datetime | None] = mapped_column(nullable=True)
     claimed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     claimed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The latest clinical review (or amendment) and when the GP last read it: "new answer"
+    # is answered_at after answer_seen_at.
+    answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    answer_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     images: Mapped[list["CaseImage"]] = relationship(back_populates="case", order_by="CaseImage.position")
@@ -196,6 +200,9 @@ class Prediction(Base):
     clinical: Mapped[dict] = mapped_column(JSON)
     map_numbers: Mapped[dict] = mapped_column(JSON)
     maps: Mapped[dict] = mapped_column(JSON)          # target -> {key, sha256}
+    # All normalised maps as one uint8 array (targets, S, S) in one object: {key, sha256,
+    # targets, shape}. The review viewer's layers and the expert-region figures read it.
+    map_array: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     quality: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -206,14 +213,92 @@ class Prediction(Base):
 
 
 class ExplanationRecord(Base):
-    """Append-only, hash-chained audit record of one analysis (triggers forbid changes)."""
+    """Append-only, hash-chained audit record (triggers forbid changes): one model analysis
+    (kind explanation, with its prediction) or one human decision (kind review)."""
 
     __tablename__ = "explanation_records"
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[RecordKind] = mapped_column(Vocabulary(RecordKind), default=RecordKind.EXPLANATION)
     case_id: Mapped[str] = mapped_column(String(32), index=True)
-    prediction_id: Mapped[str] = mapped_column(String(32), unique=True)
+    prediction_id: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    review_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     payload: Mapped[str] = mapped_column(Text)        # canonical JSON, hashed as stored
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     record_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("review_id", name="uq_explanation_records_review_id"),
+        CheckConstraint(check_in("kind", RecordKind), name="ck_explanation_records_kind"),
+        CheckConstraint("(kind = 'explanation') = (prediction_id IS NOT NULL) AND "
+                        "(kind = 'review') = (review_id IS NOT NULL)",
+                        name="ck_explanation_records_subject"),
+    )
+
+
+class Review(Base):
+    """One reader's decision on a case; append-only like the audit chain it is recorded in.
+
+    A clinical review answers the GP; a labelling review is one reader's independent labels
+    in a labelling set. An amendment is a new row whose ``amends_id`` names the row it
+    replaces (at most one amendment per row, so the history is a line)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    purpose: Mapped[ReviewPurpose] = mapped_column(Vocabulary(ReviewPurpose))
+    labelling_set_id: Mapped[str | None] = mapped_column(ForeignKey("labelling_sets.id"), nullable=True,
+                                                         index=True)
+    amends_id: Mapped[str | None] = mapped_column(ForeignKey("reviews.id"), nullable=True, unique=True)
+    prediction_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the AI answer it judges
+    diagnosis: Mapped[Diagnosis] = mapped_column(Vocabulary(Diagnosis))
+    diagnosis_other: Mapped[str] = mapped_column(Text, default="")
+    patterns: Mapped[dict] = mapped_column(JSON)            # code -> present | absent | unsure
+    regions: Mapped[dict] = mapped_column(JSON)             # code -> {key, sha256, area}
+    management: Mapped[Management | None] = mapped_column(Vocabulary(Management, 30), nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    override_reason: Mapped[str] = mapped_column(Text, default="")
+    amendment_reason: Mapped[str] = mapped_column(Text, default="")
+    ai: Mapped[dict | None] = mapped_column(JSON, nullable=True)      # what the AI said
+    agreement: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    record_seq: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_reviews_case_created", "case_id", "created_at"),
+        CheckConstraint(check_in("purpose", ReviewPurpose), name="ck_reviews_purpose"),
+        CheckConstraint(check_in("diagnosis", Diagnosis), name="ck_reviews_diagnosis"),
+        CheckConstraint("management IS NULL OR " + check_in("management", Management),
+                        name="ck_reviews_management"),
+        CheckConstraint("(purpose = 'labelling') = (labelling_set_id IS NOT NULL)",
+                        name="ck_reviews_set"),
+    )
+
+
+class LabellingSet(Base):
+    """Cases that several dermatologists label independently, merged by Dawid-Skene."""
+
+    __tablename__ = "labelling_sets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    blind_to_ai: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LabellingSetCase(Base):
+    __tablename__ = "labelling_set_cases"
+
+    set_id: Mapped[str] = mapped_column(ForeignKey("labelling_sets.id"), primary_key=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), primary_key=True)
+
+
+class LabellingSetReader(Base):
+    __tablename__ = "labelling_set_readers"
+
+    set_id: Mapped[str] = mapped_column(ForeignKey("labelling_sets.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)

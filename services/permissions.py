@@ -14,6 +14,10 @@ READ_CASES = frozenset({Role.GP, Role.DERMATOLOGIST, Role.AUDITOR})
 WORK_QUEUE = frozenset({Role.DERMATOLOGIST})
 VERIFY_AUDIT = frozenset({Role.AUDITOR})
 ADMINISTER = frozenset({Role.ADMIN})
+# Labelling sets: dermatologists label, administrators run them, auditors inspect them.
+LABELLING = frozenset({Role.DERMATOLOGIST, Role.ADMIN, Role.AUDITOR})
+# Human-AI monitoring: the clinical lead (a dermatologist), the ML engineer (admin), auditors.
+MONITOR = frozenset({Role.DERMATOLOGIST, Role.ADMIN, Role.AUDITOR})
 
 # GPs see only the cases they submitted; the other readers see every case.
 OWN_CASES_ONLY = frozenset({Role.GP})
@@ -24,6 +28,8 @@ MESSAGES = {
     WORK_QUEUE: "only dermatologists work the referral queue",
     VERIFY_AUDIT: "only auditors verify the audit trail",
     ADMINISTER: "only administrators manage the service",
+    LABELLING: "this role takes no part in labelling sets",
+    MONITOR: "this role cannot see the monitoring figures",
 }
 
 

@@ -18,7 +18,7 @@ from . import params, permissions, risk
 from .errors import Conflict, NotFound, ValidationError
 from .models import WAITING_SQL, Case, User, utcnow
 from .runtime import Runtime
-from .vocabulary import QUEUED_STATUSES, BodySite, CaseStatus, RiskTier
+from .vocabulary import QUEUED_STATUSES, BodySite, CaseStatus, RiskTier, Role
 
 
 # --- the referral order ----------------------------------------------------------------------
@@ -287,3 +287,53 @@ def claim(rt: Runtime, user: User, case_id: str) -> dict:
             raise Conflict("case is already claimed")
     _first_pages.drop(rt.settings.database_url)
     return {"case_id": case_id, "claimed_by": user.username, "status": CaseStatus.CLAIMED.value}
+
+
+def release_claim(rt: Runtime, user: User, case_id: str) -> dict:
+    """Give a claimed, not yet reviewed case back to the queue (its place is unchanged)."""
+    permissions.require(user, permissions.WORK_QUEUE)
+    with rt.transaction() as session:
+        case = session.get(Case, case_id, with_for_update=True)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if case.status != CaseStatus.CLAIMED or case.claimed_by != user.id:
+            raise Conflict("only the dermatologist holding an unreviewed claim can release it")
+        case.status = CaseStatus.ANALYSED if case.ai_available else CaseStatus.ANALYSIS_FAILED
+        case.claimed_by = case.claimed_at = None
+    _first_pages.drop(rt.settings.database_url)
+    return {"case_id": case_id, "status": case.status.value}
+
+
+def reassign_claim(rt: Runtime, admin: User, case_id: str, username: str) -> dict:
+    """An administrator hands a claimed, not yet reviewed case to another dermatologist."""
+    permissions.require(admin, permissions.ADMINISTER)
+    with rt.transaction() as session:
+        target = session.scalar(select(User).where(User.username == username))
+        if target is None or target.role != Role.DERMATOLOGIST or not target.active:
+            raise ValidationError(f"{username!r} is not an active dermatologist", "dermatologist")
+        case = session.get(Case, case_id, with_for_update=True)
+        if case is None:
+            raise NotFound(f"no case {case_id}")
+        if case.status != CaseStatus.CLAIMED:
+            raise Conflict("only a claimed case that is not yet reviewed can be reassigned")
+        case.claimed_by, case.claimed_at = target.id, utcnow()
+    return {"case_id": case_id, "claimed_by": username, "status": CaseStatus.CLAIMED.value}
+
+
+def claimed_cases(rt: Runtime, admin: User) -> list[dict]:
+    """Claimed cases awaiting their review, oldest claim first (the administrator's view)."""
+    permissions.require(admin, permissions.ADMINISTER)
+    with rt.read() as session:
+        names = dict(session.execute(select(User.id, User.username)).all())
+        rows = session.execute(select(Case.id, Case.claimed_by, Case.claimed_at, Case.risk_tier,
+                                      Case.due_at).where(Case.status == CaseStatus.CLAIMED)
+                               .order_by(Case.claimed_at).limit(500)).all()
+    return [{"case_id": r.id, "claimed_by": names.get(r.claimed_by), "claimed_at": r.claimed_at.isoformat(),
+             "tier": r.risk_tier, "due_at": r.due_at.isoformat() if r.due_at else None} for r in rows]
+
+
+def dermatologists(rt: Runtime, admin: User) -> list[str]:
+    permissions.require(admin, permissions.ADMINISTER)
+    with rt.read() as session:
+        return list(session.scalars(select(User.username).where(
+            User.role == Role.DERMATOLOGIST, User.active.is_(True)).order_by(User.username)))

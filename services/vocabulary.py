@@ -18,13 +18,16 @@ class Role(StrEnum):
 
 
 class CaseStatus(StrEnum):
-    """received -> analysing -> analysed | analysis_failed -> claimed."""
+    """received -> analysing -> analysed | analysis_failed -> claimed -> reviewed.
+
+    A released claim goes back to analysed | analysis_failed; an amended review stays reviewed."""
 
     RECEIVED = "received"
     ANALYSING = "analysing"
     ANALYSED = "analysed"
     ANALYSIS_FAILED = "analysis_failed"
     CLAIMED = "claimed"
+    REVIEWED = "reviewed"
 
 
 # Cases a dermatologist can take from the referral queue.
@@ -83,6 +86,66 @@ class RiskTier(StrEnum):
     URGENT = "urgent"
     ROUTINE = "routine"
     LOW = "low"
+
+
+class Diagnosis(StrEnum):
+    """What a dermatologist can conclude: the seven HAM10000 diagnoses the model knows, or
+    something else (named in free text)."""
+
+    NV = "nv"          # melanocytic naevus
+    MEL = "mel"        # melanoma
+    BCC = "bcc"        # basal cell carcinoma
+    AKIEC = "akiec"    # actinic keratosis / intraepithelial carcinoma (Bowen's), SCC spectrum
+    BKL = "bkl"        # benign keratosis
+    DF = "df"          # dermatofibroma
+    VASC = "vasc"      # vascular lesion
+    OTHER = "other"
+
+
+DIAGNOSIS_NAMES = {
+    Diagnosis.NV: "melanocytic naevus", Diagnosis.MEL: "melanoma",
+    Diagnosis.BCC: "basal cell carcinoma", Diagnosis.AKIEC: "actinic keratosis / SCC in situ",
+    Diagnosis.BKL: "benign keratosis", Diagnosis.DF: "dermatofibroma",
+    Diagnosis.VASC: "vascular lesion", Diagnosis.OTHER: "other",
+}
+
+
+class PatternCall(StrEnum):
+    """A reader's call on one dermoscopic pattern; "unsure" counts as no label."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNSURE = "unsure"
+
+
+class Management(StrEnum):
+    DISCHARGE = "discharge_with_advice"
+    ROUTINE = "routine_appointment"
+    URGENT = "urgent_two_week_wait"
+    BIOPSY = "biopsy"
+    RETAKE = "retake_photos"
+
+
+MANAGEMENT_NAMES = {
+    Management.DISCHARGE: "discharge with advice", Management.ROUTINE: "routine appointment",
+    Management.URGENT: "urgent two-week-wait appointment", Management.BIOPSY: "biopsy",
+    Management.RETAKE: "retake photos",
+}
+
+
+class ReviewPurpose(StrEnum):
+    """clinical: the answer to the GP (one reader, the claimer); labelling: one reader's
+    independent labels in a labelling set (several readers, merged by Dawid-Skene)."""
+
+    CLINICAL = "clinical"
+    LABELLING = "labelling"
+
+
+class RecordKind(StrEnum):
+    """What an audit record in the hash chain is about."""
+
+    EXPLANATION = "explanation"   # one model analysis of one image
+    REVIEW = "review"             # one human decision (or amendment) on a case
 
 
 def values(enum: type[StrEnum]) -> tuple[str, ...]:

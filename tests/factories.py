@@ -199,8 +199,18 @@ def make_stack(kind: str, tmp: Path, model_path: Path, postgres_url=None, redis_
     return stack
 
 
+def empty_database(url: str) -> None:
+    """Nothing in the PostgreSQL database (a downgrade would refuse to drop review records)."""
+    from sqlalchemy import create_engine, text
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE"))
+        c.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
 def reset_database(url: str) -> None:
-    migrate.downgrade(url, "base")
+    empty_database(url)
     migrate.upgrade(url)
 
 
@@ -271,3 +281,46 @@ def mark_queued(rt: Runtime, case_id: str, score: float = 50.0) -> str:
         c.due_at, c.escalate_at, c.queued_at = (utcnow() + timedelta(days=5),
                                                 utcnow() + timedelta(days=4), utcnow())
         return c.images[0].id
+
+
+# --- analysed cases and reviews -------------------------------------------------------------
+def model_info(engine):
+    from services import analysis
+    c = engine.card
+    return analysis.ModelInfo(c.name, c.version, c.weights_sha256, dict(c.thresholds), c.bcc_threshold)
+
+
+def analysed_case(stack: Stack, engine, images: list[bytes], gp: str = "gp1", **fields) -> str:
+    """A case submitted through the API and analysed in-process by ``engine``."""
+    from services import analysis
+    from services.models import AnalysisJob
+
+    client = stack.app().test_client()
+    headers = token_for(client, gp)
+    r = post_case(client, headers, fields={**CASE_FIELDS, **fields},
+                  images=[("images", (io.BytesIO(b), f"{i}.jpg")) for i, b in enumerate(images)])
+    assert r.status_code == 201, r.json
+    rt = stack.runtime()
+    with rt.sessions() as s:
+        job_id = s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == r.json["id"]))
+    assert analysis.run_job(rt, job_id, engine.analyse, model_info(engine)) == "done"
+    return r.json["id"]
+
+
+def mask_data_url(size: int, box: tuple[int, int, int, int]) -> str:
+    """A region drawn as the review page sends it: an RGBA PNG, opaque inside ``box``."""
+    import base64
+    rgba = np.zeros((size, size, 4), np.uint8)
+    x0, y0, x1, y1 = box
+    rgba[y0:y1, x0:x1] = (0, 220, 255, 128)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def review_body(**over) -> dict:
+    body = {"diagnosis": "bcc", "patterns": {c: "unsure" for c in PATTERNS},
+            "management": "biopsy", "message": "Likely BCC: please refer for biopsy.",
+            "override_reason": "clinical features of BCC"}
+    body.update(over)
+    return body

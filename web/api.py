@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import audit, cases, params, permissions, queue, users
+from services import audit, cases, labelling, monitoring, params, permissions, queue, reviews, users
 from services.errors import Unauthorized, ValidationError
 
 from .auth import api_login_required, runtime
@@ -71,10 +71,126 @@ def get_map(case_id, prediction_id, target):
                     mimetype="image/png")
 
 
+@bp.get("/cases/<case_id>/predictions/<prediction_id>/crop")
+@api_login_required(permissions.READ_CASES)
+def get_crop(case_id, prediction_id):
+    return Response(cases.get_analysed_crop(runtime(), g.user, case_id, prediction_id), mimetype="image/png")
+
+
+@bp.get("/cases/<case_id>/predictions/<prediction_id>/layers/<target>")
+@api_login_required(permissions.READ_CASES)
+def get_layer(case_id, prediction_id, target):
+    return Response(cases.get_map_layer(runtime(), g.user, case_id, prediction_id, target),
+                    mimetype="image/png")
+
+
 @bp.post("/cases/<case_id>/claim")
 @api_login_required(permissions.WORK_QUEUE)
 def claim(case_id):
     return jsonify(queue.claim(runtime(), g.user, case_id))
+
+
+@bp.post("/cases/<case_id>/release")
+@api_login_required(permissions.WORK_QUEUE)
+def release(case_id):
+    return jsonify(queue.release_claim(runtime(), g.user, case_id))
+
+
+@bp.post("/cases/<case_id>/reassign")
+@api_login_required(permissions.ADMINISTER)
+def reassign(case_id):
+    body = json_body()
+    return jsonify(queue.reassign_claim(runtime(), g.user, case_id, str(body.get("dermatologist") or "")))
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError("send a JSON object (Content-Type: application/json)", "body")
+    return body
+
+
+@bp.post("/cases/<case_id>/review")
+@api_login_required(permissions.WORK_QUEUE)
+def post_review(case_id):
+    """Record the review of a case you have claimed; again, with amendment_reason, to amend it."""
+    return jsonify(reviews.record_review(runtime(), g.user, case_id, json_body())), 201
+
+
+@bp.get("/cases/<case_id>/review")
+@api_login_required(permissions.READ_CASES)
+def get_review(case_id):
+    return jsonify(reviews.get_review(runtime(), g.user, case_id))
+
+
+@bp.get("/cases/<case_id>/reviews/<review_id>/regions/<code>")
+@api_login_required(permissions.READ_CASES)
+def get_region(case_id, review_id, code):
+    return Response(reviews.get_region(runtime(), g.user, case_id, review_id, code), mimetype="image/png")
+
+
+@bp.get("/labelling/sets")
+@api_login_required(permissions.LABELLING)
+def list_sets():
+    return jsonify({"sets": labelling.list_sets(runtime(), g.user)})
+
+
+@bp.post("/labelling/sets")
+@api_login_required(permissions.ADMINISTER)
+def create_set():
+    body = json_body()
+    readers, case_ids = body.get("readers"), body.get("cases", [])
+    if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
+        raise ValidationError("readers must be a list of dermatologists' usernames", "readers")
+    if not isinstance(case_ids, list) or not all(isinstance(c, str) for c in case_ids):
+        raise ValidationError("cases must be a list of case ids", "cases")
+    blind = params.flag({"blind_to_ai": str(body.get("blind_to_ai", ""))}, "blind_to_ai")
+    return jsonify(labelling.create_set(runtime(), g.user, str(body.get("name") or ""), readers,
+                                        case_ids, blind)), 201
+
+
+@bp.get("/labelling/sets/<ref>")
+@api_login_required(permissions.LABELLING)
+def get_set(ref):
+    return jsonify(labelling.get_set(runtime(), g.user, ref))
+
+
+@bp.post("/labelling/sets/<ref>/cases")
+@api_login_required(permissions.ADMINISTER)
+def add_set_cases(ref):
+    case_ids = json_body().get("cases")
+    if not isinstance(case_ids, list) or not all(isinstance(c, str) for c in case_ids):
+        raise ValidationError("cases must be a list of case ids", "cases")
+    return jsonify(labelling.add_cases(runtime(), g.user, ref, case_ids))
+
+
+@bp.get("/labelling/sets/<ref>/cases/<case_id>")
+@api_login_required(permissions.WORK_QUEUE)
+def get_labelling_case(ref, case_id):
+    return jsonify(labelling.labelling_case(runtime(), g.user, ref, case_id))
+
+
+@bp.post("/labelling/sets/<ref>/cases/<case_id>/labels")
+@api_login_required(permissions.WORK_QUEUE)
+def post_labels(ref, case_id):
+    return jsonify(labelling.record_labels(runtime(), g.user, ref, case_id, json_body())), 201
+
+
+@bp.get("/labelling/sets/<ref>/consensus")
+@api_login_required(permissions.LABELLING)
+def get_consensus(ref):
+    return jsonify(labelling.consensus(runtime(), g.user, ref))
+
+
+@bp.get("/monitoring")
+@api_login_required(permissions.MONITOR)
+def get_monitoring():
+    """Human-AI monitoring per model version; ``?format=csv`` for a spreadsheet."""
+    report = monitoring.report(runtime(), g.user)
+    if request.args.get("format") == "csv":
+        return Response(monitoring.to_csv(report), mimetype="text/csv",
+                        headers={"Content-Disposition": "attachment; filename=monitoring.csv"})
+    return jsonify(report)
 
 
 @bp.get("/queue")

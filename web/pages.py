@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import (Blueprint, Flask, Response, flash, g, redirect, render_template, request,
                    session, url_for)
 
-from services import audit, cases, permissions, queue, users
+from services import audit, cases, labelling, monitoring, permissions, queue, reviews, users
 from services.errors import DermaTriageError
-from services.vocabulary import BodySite, RiskTier, Role, values
+from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, BodySite, Diagnosis, Management,
+                                 RiskTier, Role, values)
 
 from .auth import csrf_ok, csrf_token, log_in, login_required, page_user, runtime
 from .errors import render_error
@@ -86,7 +87,10 @@ def new_case():
 @bp.get("/cases/<case_id>")
 @login_required(permissions.READ_CASES)
 def case_detail(case_id):
-    return render_template("case.html", case=cases.get_case(runtime(), g.user, case_id))
+    rt = runtime()
+    case = cases.get_case(rt, g.user, case_id)
+    review = None if g.user.role == Role.GP else reviews.get_review(rt, g.user, case_id)
+    return render_template("case.html", case=case, review=review)
 
 
 @bp.get("/cases/<case_id>/images/<image_id>")
@@ -127,6 +131,171 @@ def claim(case_id):
     return redirect(url_for("pages.case_detail", case_id=case_id))
 
 
+@bp.get("/cases/<case_id>/predictions/<prediction_id>/crop.png")
+@login_required(permissions.READ_CASES)
+def case_crop(case_id, prediction_id):
+    return Response(cases.get_analysed_crop(runtime(), g.user, case_id, prediction_id), mimetype="image/png")
+
+
+@bp.get("/cases/<case_id>/predictions/<prediction_id>/layers/<target>.png")
+@login_required(permissions.READ_CASES)
+def case_layer(case_id, prediction_id, target):
+    return Response(cases.get_map_layer(runtime(), g.user, case_id, prediction_id, target),
+                    mimetype="image/png")
+
+
+@bp.get("/cases/<case_id>/reviews/<review_id>/regions/<code>.png")
+@login_required(permissions.READ_CASES)
+def review_region(case_id, review_id, code):
+    return Response(reviews.get_region(runtime(), g.user, case_id, review_id, code), mimetype="image/png")
+
+
+def review_form(form) -> dict:
+    """The page's fields in the shape the API takes (services.reviews.parse_review)."""
+    codes = reviews.PATTERN_CODES
+    return {"diagnosis": form.get("diagnosis", ""), "diagnosis_other": form.get("diagnosis_other", ""),
+            "patterns": {c: form.get(f"pattern_{c}", "") for c in codes},
+            "regions": {c: form[f"region_{c}"] for c in codes if form.get(f"region_{c}")},
+            "management": form.get("management", ""), "message": form.get("message", ""),
+            "override_reason": form.get("override_reason", ""),
+            "amendment_reason": form.get("amendment_reason", "")}
+
+
+def _prefill(review: dict | None) -> dict:
+    if review is None:
+        return {"patterns": {}}
+    return {**review, "patterns": dict(review["patterns"])}
+
+
+def _region(case_id: str, pid: str | None, size: int | None, layers: bool) -> dict | None:
+    """The drawing surface: the analysed crop, with the map layers unless the reader is blind."""
+    if pid is None or size is None:
+        return None
+    return {"prediction_id": pid, "size": size,
+            "crop_url": url_for("pages.case_crop", case_id=case_id, prediction_id=pid),
+            "layer_base": url_for("pages.case_layer", case_id=case_id, prediction_id=pid, target="T")[:-len("T.png")],
+            "layer_suffix": ".png", "targets": ["BCC", *reviews.PATTERN_CODES] if layers else []}
+
+
+def _review_page(mode: str, case: dict, ai: dict | None, region: dict | None, action: str,
+                 head: dict | None, form: dict, labelling_set: dict | None = None, status: int = 200):
+    from services.diagnosis.patterns import PATTERN_NAMES
+    validated = set(ai["evidence_patterns"]) if ai else set()
+    return render_template(
+        "review.html", mode=mode, case=case, ai=ai, region=region, action=action,
+        head=head, form=form, labelling_set=labelling_set,
+        patterns=[(c, PATTERN_NAMES[c]) for c in reviews.PATTERN_CODES], validated=validated,
+        diagnoses=[(d.value, DIAGNOSIS_NAMES[d]) for d in Diagnosis], diagnosis_names=DIAGNOSIS_NAMES,
+        managements=[(m.value, MANAGEMENT_NAMES[m]) for m in Management]), status
+
+
+@bp.route("/cases/<case_id>/review", methods=["GET", "POST"])
+@login_required(permissions.WORK_QUEUE)
+def review_case(case_id):
+    rt = runtime()
+    if request.method == "POST":
+        try:
+            reviews.record_review(rt, g.user, case_id, review_form(request.form))
+            flash("Review recorded; the GP can read your answer.")
+            return redirect(url_for("pages.case_detail", case_id=case_id))
+        except DermaTriageError as exc:
+            if exc.status not in (409, 422):
+                raise
+            flash(f"{exc.field + ': ' if exc.field else ''}{exc.message}")
+            form, status = review_form(request.form), exc.status
+    else:
+        form, status = None, 200
+    state = reviews.get_review(rt, g.user, case_id)
+    head = next((r for r in state["reviews"] if r["id"] == state["current"]), None)
+    if state["claimed_by"] != g.user.username:
+        flash("Claim the case from the queue before reviewing it.")
+        return redirect(url_for("pages.case_detail", case_id=case_id))
+    ai = state["ai"]
+    region = _region(case_id, ai and ai["prediction_id"], state["region_size"], layers=True)
+    return _review_page("clinical", cases.get_case(rt, g.user, case_id), ai, region,
+                        url_for("pages.review_case", case_id=case_id), head,
+                        form or _prefill(head), status=status)
+
+
+@bp.post("/cases/<case_id>/release")
+@login_required(permissions.WORK_QUEUE)
+def release(case_id):
+    try:
+        queue.release_claim(runtime(), g.user, case_id)
+        flash("Claim released: the case is back in the queue.")
+    except DermaTriageError as exc:
+        flash(exc.message)
+    return redirect(url_for("pages.referral_queue"))
+
+
+@bp.post("/admin/cases/<case_id>/reassign")
+@login_required(permissions.ADMINISTER)
+def reassign(case_id):
+    try:
+        result = queue.reassign_claim(runtime(), g.user, case_id, request.form.get("dermatologist", ""))
+        flash(f"Case reassigned to {result['claimed_by']}.")
+    except DermaTriageError as exc:
+        flash(exc.message)
+    return redirect(url_for("pages.admin_page"))
+
+
+@bp.route("/labelling", methods=["GET", "POST"])
+@login_required(permissions.LABELLING)
+def labelling_sets():
+    rt = runtime()
+    if request.method == "POST":
+        permissions.require(g.user, permissions.ADMINISTER)
+        try:
+            created = labelling.create_set(
+                rt, g.user, request.form.get("name", ""),
+                [r.strip() for r in request.form.get("readers", "").split(",") if r.strip()],
+                request.form.get("cases", "").replace(",", " ").split(),
+                request.form.get("blind_to_ai") == "on")
+            flash(f"Labelling set {created['name']} created.")
+            return redirect(url_for("pages.labelling_set", ref=created["id"]))
+        except DermaTriageError as exc:
+            flash(f"{exc.field + ': ' if exc.field else ''}{exc.message}")
+    return render_template("labelling.html", sets=labelling.list_sets(rt, g.user))
+
+
+@bp.get("/labelling/<ref>")
+@login_required(permissions.LABELLING)
+def labelling_set(ref):
+    rt = runtime()
+    lset = labelling.get_set(rt, g.user, ref)
+    merged = labelling.consensus(rt, g.user, ref) if g.user.role != Role.DERMATOLOGIST else None
+    return render_template("labelling_set.html", lset=lset, merged=merged)
+
+
+@bp.route("/labelling/<ref>/cases/<case_id>", methods=["GET", "POST"])
+@login_required(permissions.WORK_QUEUE)
+def label_case(ref, case_id):
+    rt = runtime()
+    form, status = None, 200
+    if request.method == "POST":
+        try:
+            labelling.record_labels(rt, g.user, ref, case_id, review_form(request.form))
+            flash("Labels saved.")
+            return redirect(url_for("pages.labelling_set", ref=ref))
+        except DermaTriageError as exc:
+            if exc.status not in (409, 422):
+                raise
+            flash(f"{exc.field + ': ' if exc.field else ''}{exc.message}")
+            form, status = review_form(request.form), exc.status
+    view = labelling.labelling_case(rt, g.user, ref, case_id)
+    lset, ai = view["labelling_set"], view["ai"]
+    region = _region(case_id, view["region_image"], view["region_size"], layers=not lset["blind_to_ai"])
+    return _review_page("labelling", view, ai, region, url_for("pages.label_case", ref=ref, case_id=case_id),
+                        view["my_labels"], form or _prefill(view["my_labels"]), labelling_set=lset,
+                        status=status)
+
+
+@bp.get("/monitoring")
+@login_required(permissions.MONITOR)
+def monitoring_page():
+    return render_template("monitoring.html", report=monitoring.report(runtime(), g.user))
+
+
 @bp.get("/audit")
 @login_required(permissions.VERIFY_AUDIT)
 def audit_page():
@@ -137,7 +306,9 @@ def audit_page():
 @login_required(permissions.ADMINISTER)
 def admin_page():
     rt = runtime()
-    return render_template("admin.html", accounts=users.list_accounts(rt, g.user), health=rt.health())
+    return render_template("admin.html", accounts=users.list_accounts(rt, g.user), health=rt.health(),
+                           claimed=queue.claimed_cases(rt, g.user),
+                           dermatologists=queue.dermatologists(rt, g.user))
 
 
 def init_app(app: Flask) -> None:

@@ -10,8 +10,9 @@ Layouts (``load_dataset`` tells them apart by their CSV file):
 - Derm7pt: ``meta.csv`` (diagnosis, pigment_network, vascular_structures, derm, ...) and
   ``images/<derm>``.
 - Plain: ``labels.csv`` with a column ``image`` (path under the folder) and any of ``dx``
-  (nv mel bcc akiec bkl df vasc), ``bcc`` (0/1), ``PN``, ``AT`` (0/1), ``group`` (images of
-  one lesion share a group, so they never straddle a cross-validation split).
+  (nv mel bcc akiec bkl df vasc), ``bcc`` (0/1), any of the seven patterns ``PN UL BO MG ML
+  SW AT`` (0/1), ``group`` (images of one lesion share a group, so they never straddle a
+  cross-validation split). ``dermatriage labels export`` writes this layout.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DIAGNOSIS_NAMES = {"nv": "melanocytic naevus", "mel": "melanoma", "bcc": "basal 
                    "akiec": "actinic keratosis / intraepithelial carcinoma (SCC in situ)",
                    "bkl": "benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}
 LABELLED_PATTERNS = ("PN", "AT")
+ALL_PATTERNS = ("PN", "UL", "BO", "MG", "ML", "SW", "AT")
 
 # Derm7pt's diagnoses in HAM10000's classes; the rest (melanosis, miscellaneous) have none.
 DERM7PT_DIAGNOSES = {
@@ -46,6 +48,12 @@ class Sample:
     bcc: int | None = None
     PN: int | None = None
     AT: int | None = None
+    # Only from labels.csv (e.g. a labelling set's export): no public dataset labels these.
+    UL: int | None = None
+    BO: int | None = None
+    MG: int | None = None
+    ML: int | None = None
+    SW: int | None = None
 
 
 def load_ham10000(folder: Path) -> list[Sample]:
@@ -94,7 +102,7 @@ def load_labels_csv(folder: Path) -> list[Sample]:
         bcc = _flag(row.get("bcc", ""), "bcc", image)
         out.append(Sample(folder / image, "csv:" + ((row.get("group") or "").strip() or image), "csv", dx,
                           bcc if bcc is not None else (None if dx is None else int(dx == "bcc")),
-                          PN=_flag(row.get("PN", ""), "PN", image), AT=_flag(row.get("AT", ""), "AT", image)))
+                          **{code: _flag(row.get(code, ""), code, image) for code in ALL_PATTERNS}))
     return out
 
 

@@ -16,9 +16,10 @@ def append_records(rt, n):
         rt.store.put(key, data, "image/png")
         import hashlib
         with rt.sessions() as s, s.begin():
-            audit.append(s, f"case{i}", f"pred{i}", {
+            audit.append(s, f"case{i}", {
                 "case_id": f"case{i}", "outputs": {"bcc_probability": i / 10},
-                "maps": {"BCC": {"key": key, "sha256": hashlib.sha256(data).hexdigest()}}})
+                "maps": {"BCC": {"key": key, "sha256": hashlib.sha256(data).hexdigest()}}},
+                prediction_id=f"pred{i}")
         keys.append(key)
     return keys
 

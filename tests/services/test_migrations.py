@@ -8,9 +8,11 @@ from sqlalchemy import CheckConstraint, create_engine, inspect, text
 from services import migrate
 from services.models import Base
 
+from tests.factories import empty_database
+
 
 def test_single_head():
-    assert migrate.heads("sqlite://") == ["0004"]
+    assert migrate.heads("sqlite://") == ["0005"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,6 +23,7 @@ def db_url(request, tmp_path):
 
 
 def test_upgrade_downgrade_upgrade(db_url):
+    empty_database(db_url) if "postgresql" in db_url else None
     migrate.upgrade(db_url)
     engine = create_engine(db_url)
     tables = set(inspect(engine).get_table_names())
@@ -34,12 +37,13 @@ def test_upgrade_downgrade_upgrade(db_url):
 
 
 def test_explanation_records_refuse_update_and_delete(db_url):
-    migrate.downgrade(db_url, "base") if "postgresql" in db_url else None
+    empty_database(db_url) if "postgresql" in db_url else None
     migrate.upgrade(db_url)
     engine = create_engine(db_url)
     with engine.begin() as c:
-        c.execute(text("INSERT INTO explanation_records (case_id, prediction_id, payload, prev_hash, "
-                       "record_hash, created_at) VALUES ('c', 'p', '{}', :a, :b, CURRENT_TIMESTAMP)"),
+        c.execute(text("INSERT INTO explanation_records (kind, case_id, prediction_id, payload, prev_hash, "
+                       "record_hash, created_at) VALUES ('explanation', 'c', 'p', '{}', :a, :b, "
+                       "CURRENT_TIMESTAMP)"),
                   {"a": "0" * 64, "b": "1" * 64})
     for stmt in ("UPDATE explanation_records SET payload = '{\"x\": 1}'",
                  "DELETE FROM explanation_records"):
@@ -52,6 +56,25 @@ def test_explanation_records_refuse_update_and_delete(db_url):
     migrate.downgrade(db_url, "base")
 
 
+def test_downgrade_refuses_to_drop_human_decisions(db_url):
+    empty_database(db_url) if "postgresql" in db_url else None
+    migrate.upgrade(db_url)
+    engine = create_engine(db_url)
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO explanation_records (kind, case_id, review_id, payload, prev_hash, "
+                       "record_hash, created_at) VALUES ('review', 'c', 'r', '{}', :a, :b, "
+                       "CURRENT_TIMESTAMP)"), {"a": "0" * 64, "b": "1" * 64})
+        with pytest.raises(Exception, match="CHECK|ck_explanation_records_subject"):
+            with c.begin_nested():
+                c.execute(text("INSERT INTO explanation_records (kind, case_id, payload, prev_hash, "
+                               "record_hash, created_at) VALUES ('review', 'c', '{}', :a, :b, "
+                               "CURRENT_TIMESTAMP)"), {"a": "2" * 64, "b": "3" * 64})
+    engine.dispose()
+    with pytest.raises(Exception, match="review records are in the audit chain"):
+        migrate.downgrade(db_url, "0004")
+    empty_database(db_url) if "postgresql" in db_url else None
+
+
 def _check(sqltext: str) -> tuple[str, frozenset[str]]:
     """A CHECK ... IN (...) as (column, allowed values), however the database spells it back
     (PostgreSQL reflects it as `(col)::text = ANY (ARRAY[...])`)."""
@@ -61,7 +84,7 @@ def _check(sqltext: str) -> tuple[str, frozenset[str]]:
 def test_models_and_migrations_agree(db_url):
     """The schema the migrations build is the one the models declare: columns, types,
     indexes and every vocabulary CHECK constraint."""
-    migrate.downgrade(db_url, "base") if "postgresql" in db_url else None
+    empty_database(db_url) if "postgresql" in db_url else None
     migrate.upgrade(db_url)
     engine = create_engine(db_url)
     with engine.connect() as c:
