@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import click  # noqa: E402
 
 from .bench import bench  # noqa: E402
+from .labels import labels  # noqa: E402
 from .model import model  # noqa: E402
 from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
 
@@ -21,5 +22,5 @@ def main() -> None:
     """DermaTriage: teledermatology triage with explained BCC diagnosis."""
 
 
-for command in (model, bench, db, users, worker, web, health, run, jobs, audit):
+for command in (model, bench, db, users, worker, web, health, run, jobs, audit, labels):
     main.add_command(command)

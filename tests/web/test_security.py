@@ -34,6 +34,19 @@ API = [
     ("GET", "/api/v1/audit/verify", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 200, "admin1": 403, None: 401}),
     ("POST", "/api/v1/cases", {"gp1": 201, "gp2": 201, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
     ("POST", "/api/v1/cases/{case}/claim", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 403, "admin1": 403, None: 401}),
+    ("GET", "/api/v1/cases/{case}/review", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("POST", "/api/v1/cases/{case}/review", {"gp1": 403, "gp2": 403, "derm1": 422, "auditor1": 403, "admin1": 403, None: 401}),
+    ("POST", "/api/v1/cases/{case}/release", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 403, "admin1": 403, None: 401}),
+    ("POST", "/api/v1/cases/{case}/reassign", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 403, "admin1": 422, None: 401}),
+    ("GET", "/api/v1/cases/{case}/reviews/nope/regions/AT", {"gp1": 404, "gp2": 404, "derm1": 404, "auditor1": 404, "admin1": 403, None: 401}),
+    ("GET", "/api/v1/cases/{case}/predictions/nope/crop", {"gp1": 404, "gp2": 404, "derm1": 404, "auditor1": 404, "admin1": 403, None: 401}),
+    ("GET", "/api/v1/cases/{case}/predictions/nope/layers/BCC", {"gp1": 404, "gp2": 404, "derm1": 404, "auditor1": 404, "admin1": 403, None: 401}),
+    ("GET", "/api/v1/labelling/sets", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
+    ("POST", "/api/v1/labelling/sets", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 403, "admin1": 422, None: 401}),
+    ("GET", "/api/v1/labelling/sets/nope", {"gp1": 403, "gp2": 403, "derm1": 404, "auditor1": 404, "admin1": 404, None: 401}),
+    ("GET", "/api/v1/labelling/sets/nope/consensus", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 404, "admin1": 404, None: 401}),
+    ("POST", "/api/v1/labelling/sets/nope/cases/{case}/labels", {"gp1": 403, "gp2": 403, "derm1": 422, "auditor1": 403, "admin1": 403, None: 401}),
+    ("GET", "/api/v1/monitoring", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
     ("GET", "/healthz", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 200}),
 ]
 
@@ -69,6 +82,9 @@ PAGES = [
     ("/queue", {"gp1": 403, "derm1": 200, "auditor1": 403, "admin1": 403}),
     ("/audit", {"gp1": 403, "derm1": 403, "auditor1": 200, "admin1": 403}),
     ("/admin", {"gp1": 403, "derm1": 403, "auditor1": 403, "admin1": 200}),
+    ("/cases/{case}/review", {"gp1": 403, "derm1": 302, "auditor1": 403, "admin1": 403}),
+    ("/labelling", {"gp1": 403, "derm1": 200, "auditor1": 200, "admin1": 200}),
+    ("/monitoring", {"gp1": 403, "derm1": 200, "auditor1": 200, "admin1": 200}),
 ]
 
 
