@@ -24,10 +24,13 @@ model: $(STAMP)
 demo-model: $(STAMP)
 	$(BIN)/dermatriage model build-demo --if-missing
 
-# Debian's docker-compose validates docker-compose.yml in the tests (no engine needed).
+# Debian's docker-compose validates docker-compose.yml in the tests (no engine needed);
+# Debian's Chromium is the browser the Playwright test drives.
 tools:
 	@command -v docker-compose >/dev/null || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } \
 	  || echo "warning: could not install docker-compose; the compose test will fail"
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "warning: could not install chromium; the browser test will be skipped"
 
 migrate: $(STAMP)
 	$(BIN)/dermatriage db upgrade

@@ -58,6 +58,16 @@
     delete drawn[brushFor.value];
   });
   const form = document.getElementById("review-form");
+  // After a refused submit the page comes back with the regions already drawn: paint them.
+  Object.keys(canvases).forEach(function (code) {
+    const input = form.querySelector('input[name="region_' + code + '"]');
+    if (!input || !input.value.startsWith("data:image/png;base64,")) return;
+    const img = new Image();
+    img.onload = function () { canvases[code].getContext("2d").drawImage(img, 0, 0); };
+    img.src = input.value;
+    if (!Object.keys(drawn).length && brushFor) { brushFor.value = code; showCanvas(); }
+    drawn[code] = true;
+  });
   form.addEventListener("submit", function () {
     Object.keys(drawn).forEach(function (code) {
       const input = form.querySelector('input[name="region_' + code + '"]');

@@ -1,0 +1,164 @@
+"""The review loop in a real browser: Playwright for Python driving Debian's Chromium.
+
+A GP submits a case through the form; it is analysed; a dermatologist claims it, reviews it
+with the map overlay (target, opacity, original view) and a region drawn with the mouse,
+overrides the AI's diagnosis with a reason and replies; the GP reads the answer. Each step
+leaves a screenshot in var/test-artifacts/review-flow (DERMATRIAGE_TEST_ARTIFACTS) to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from services import analysis
+from services.diagnosis.engine import Engine
+from services.models import AnalysisJob, Review
+
+from tests.factories import PASSWORD, ROOT, model_info, small_model_file
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("DERMATRIAGE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts")) / "review-flow"
+
+
+@pytest.fixture
+def live_server(embedded_stack):
+    from werkzeug.serving import make_server
+
+    app = embedded_stack.app()
+    app.config["TESTING"] = False
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", embedded_stack
+    server.shutdown()
+
+
+@pytest.fixture
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is not installed (make tools installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def log_in(browser, base: str, username: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(lambda url: "/login" not in url)
+    return page
+
+
+def test_gp_submits_dermatologist_reviews_gp_reads(live_server, browser, ham_jpegs, tmp_path):
+    base, stack = live_server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shots = []
+
+    def shot(page, name):
+        path = ARTIFACTS / f"{len(shots) + 1:02d}-{name}.png"
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(path), full_page=True)
+        shots.append(path)
+
+    # 1. the GP submits a case through the form
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(ham_jpegs[0])
+    gp = log_in(browser, base, "gp1")
+    gp.goto(f"{base}/cases/new")
+    gp.fill("input[name=patient_pseudonym]", "P-BROWSER")
+    gp.fill("input[name=age]", "68")
+    gp.select_option("select[name=sex]", "male")
+    gp.select_option("select[name=body_site]", "nose")
+    gp.fill("textarea[name=gp_question]", "Pearly papule on the nose, BCC?")
+    gp.set_input_files("input[name=dermoscopic]", str(image))
+    shot(gp, "gp-submits")
+    gp.click("button:has-text('Submit case')")
+    assert "Case submitted" in gp.content()
+    case_id = gp.url.rstrip("/").split("/")[-1]
+
+    # the analysis (a small model, in-process: the worker is tested elsewhere)
+    rt = stack.runtime()
+    with rt.read() as s:
+        job_id = s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == case_id))
+    engine = Engine.load(small_model_file(tmp_path), "cpu")
+    assert analysis.run_job(rt, job_id, engine.analyse, model_info(engine)) == "done"
+
+    # 2. the dermatologist claims it from the queue
+    derm = log_in(browser, base, "derm1")
+    derm.goto(f"{base}/queue")
+    assert "P-BROWSER" in derm.content() or case_id in derm.content()
+    derm.goto(f"{base}/cases/{case_id}")
+    derm.click("button:has-text('Claim this case')")
+    shot(derm, "dermatologist-claims")
+    derm.click("text=Review this case")
+    derm.wait_for_selector("#layer")
+    derm.wait_for_function("document.getElementById('base').complete && document.getElementById('layer').complete")
+
+    # 3. the viewer: choose a target, move the opacity, look at the original
+    derm.select_option("#target", "SW")
+    derm.fill("#opacity", "70")
+    derm.dispatch_event("#opacity", "input")
+    assert derm.eval_on_selector("#layer", "e => e.src").endswith("/layers/SW.png")
+    assert derm.eval_on_selector("#layer", "e => e.style.opacity") == "0.7"
+    derm.wait_for_function("document.getElementById('layer').complete")
+    assert derm.eval_on_selector("#layer", "e => e.naturalWidth") > 0
+    shot(derm, "viewer-SW-overlay")
+    derm.check("#original")
+    assert derm.eval_on_selector("#layer", "e => e.style.opacity") == "0"
+    shot(derm, "viewer-original")
+    derm.uncheck("#original")
+
+    # 4. draw a region for AT with the mouse
+    derm.select_option("#brush-pattern", "AT")
+    box = derm.locator("canvas[data-pattern=AT]").bounding_box()
+    derm.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.35)
+    derm.mouse.down()
+    for step in range(12):
+        derm.mouse.move(box["x"] + box["width"] * (0.35 + step * 0.025), box["y"] + box["height"] * 0.5)
+    derm.mouse.up()
+    assert derm.is_checked('input[name="pattern_AT"][value="present"]')
+
+    # 5. override the AI's diagnosis with a reason, manage and reply
+    said_bcc = "(BCC)" in derm.inner_text(".card:has(#review-form) p")
+    derm.select_option("select[name=diagnosis]", "nv" if said_bcc else "bcc")
+    derm.check('input[name="pattern_PN"][value="absent"]')
+    derm.select_option("select[name=management]", "biopsy")
+    derm.fill("textarea[name=message]", "Please arrange a punch biopsy; I suspect a BCC.")
+    shot(derm, "review-filled")
+    derm.click("#review-form button")
+    assert "override_reason" in derm.content()                     # refused without a reason
+    shot(derm, "override-needs-a-reason")
+    # what was chosen and drawn survives the refused submit
+    assert derm.is_checked('input[name="pattern_AT"][value="present"]')
+    assert derm.input_value('input[name="region_AT"]').startswith("data:image/png;base64,")
+    assert derm.input_value("#brush-pattern") == "AT"
+    derm.fill("input[name=override_reason]", "arborizing vessels and a pearly rim")
+    derm.click("#review-form button")
+    assert "Review recorded" in derm.content()
+    assert "Review history" in derm.content() and "overrides" in derm.content()
+    shot(derm, "case-reviewed")
+    with rt.read() as s:
+        review = s.scalar(select(Review).where(Review.case_id == case_id))
+        assert review.regions["AT"]["area"] > 0.005 and review.override_reason.startswith("arborizing")
+        assert review.management == "biopsy" and review.agreement["diagnosis"] is False
+
+    # 6. the GP sees a new answer and reads it
+    gp.goto(f"{base}/cases")
+    assert "new answer" in gp.content()
+    shot(gp, "gp-new-answer")
+    gp.click(f"a[href='/cases/{case_id}']")
+    assert "Please arrange a punch biopsy" in gp.content() and "biopsy" in gp.content()
+    shot(gp, "gp-reads-answer")
+    gp.goto(f"{base}/cases")
+    assert "new answer" not in gp.content()
+    assert all(p.stat().st_size > 10_000 for p in shots)
