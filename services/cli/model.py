@@ -70,12 +70,18 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
               help="Drawn images for the five pattern heads without real labels (0: untrained).")
 @click.option("--limit", type=click.IntRange(8, 100_000), default=None,
               help="Use only this many images per data set (quick checks).")
+@click.option("--add-dataset", "extra", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              multiple=True, help="A labels.csv folder to train and validate on as well, e.g. the "
+                                  "export of a labelling set (`dermatriage labels export`).")
+@click.option("--min-pattern-labels", type=click.IntRange(1, 100_000), default=10, show_default=True,
+              help="Real positives and negatives a pattern needs for its head to count as validated.")
 @click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
               help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
-          limit: int | None, device: str, if_missing: bool, quiet: bool) -> None:
+          limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10, device: str = "cpu",
+          if_missing: bool = False, quiet: bool = False) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
     trainer = building("services.modelling.train")
     out = out or config.real_model_path()
@@ -83,7 +89,8 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
         click.echo(f"real-image model already present at {out}")
         return
     cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss, solver=solver,
-                                  synthetic=synthetic, limit=limit)
+                                  synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
+                                  min_pattern_labels=min_pattern_labels)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:

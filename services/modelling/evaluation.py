@@ -123,8 +123,10 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
     labelled = [(s, r) for s, r in rows if s.bcc is not None]
     binary("BCC", [s.bcc for s, _ in labelled], [r.bcc_probability for _, r in labelled],
            card.bcc_threshold)
-    for code in ("PN", "AT"):
+    for code in PATTERNS:      # every pattern the folder labels (Derm7pt: PN, AT; exports: any)
         labelled = [(s, r) for s, r in rows if getattr(s, code) is not None]
+        if not labelled:
+            continue
         binary(code, [getattr(s, code) for s, _ in labelled],
                [r.pattern_probabilities[code] for _, r in labelled], card.thresholds[code])
     with_dx = [(s, r) for s, r in rows if s.dx and r.diagnosis_probabilities]

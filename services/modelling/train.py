@@ -62,7 +62,7 @@ from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import PREPROCESSING_VERSION, decode, resize_and_crop, to_unit
 from ..errors import ValidationError
 from . import reproducible
-from .datasets import DIAGNOSES, LABELLED_PATTERNS, Sample, load_derm7pt, load_ham10000
+from .datasets import DIAGNOSES, Sample, load_dataset, load_derm7pt, load_ham10000
 from .imagenet import IMAGENET_ARCH, SHARED_FILE, read_tflite
 
 MODEL_NAME = "dermatriage-real"
@@ -105,6 +105,10 @@ class RealTrainConfig:
     threads: int = 2
     extract_batch: int = 32
     feature_cache: str | None = None  # file to keep extracted features in, reused if it matches
+    # More labelled folders (labels.csv layout), e.g. `dermatriage labels export` of the
+    # product's own reviewed cases: their pattern labels train and validate those heads.
+    extra_datasets: tuple[str, ...] = ()
+    min_pattern_labels: int = 10     # real positives and negatives a pattern needs to be validated
 
     def architecture(self) -> Architecture:
         return replace(IMAGENET_ARCH, diagnoses=DIAGNOSES, taps=self.taps, squares=True,
@@ -126,18 +130,27 @@ class Labels:
     dx: torch.Tensor          # (N,) class index or -1
     bcc: torch.Tensor         # (N,) 0/1 or -1
     patterns: torch.Tensor    # (N, 7) 0/1 or -1
+    labelled: tuple[str, ...] = ("PN", "AT")   # patterns with enough real labels (validated)
 
     @classmethod
-    def of(cls, samples: list[Sample]) -> "Labels":
+    def of(cls, samples: list[Sample], min_labels: int = 10) -> "Labels":
         dx = torch.tensor([DIAGNOSES.index(s.dx) if s.dx else -1 for s in samples])
         bcc = torch.tensor([-1 if s.bcc is None else s.bcc for s in samples])
         pat = torch.full((len(samples), len(PATTERNS)), -1)
         for i, s in enumerate(samples):
-            for code in LABELLED_PATTERNS:
+            for j, code in enumerate(PATTERNS):
                 value = getattr(s, code)
                 if value is not None:
-                    pat[i, PATTERNS.index(code)] = value
-        return cls(dx, bcc, pat)
+                    pat[i, j] = value
+        labelled = tuple(code for j, code in enumerate(PATTERNS)
+                         if (pat[:, j] == 1).sum() >= min_labels and (pat[:, j] == 0).sum() >= min_labels)
+        for j, code in enumerate(PATTERNS):
+            if code not in labelled:
+                pat[:, j] = -1      # too few real labels to fit or validate a head on
+        return cls(dx, bcc, pat, labelled)
+
+    def subset(self, rows) -> "Labels":
+        return Labels(self.dx[rows], self.bcc[rows], self.patterns[rows], self.labelled)
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -347,7 +360,7 @@ def _fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synt
     _set_linear(model.bcc_head, slice(None), w, b)
     zs = model._standardise(synthetic) if len(synthetic) else None
     for j, code in enumerate(PATTERNS):
-        if code in LABELLED_PATTERNS:
+        if code in labels.labelled:
             has = pat[:, j] >= 0
             zj, yj = z[has], pat[has, j]
         elif zs is not None:
@@ -416,7 +429,7 @@ def _train_heads_adamw(model: BCCPatternNet, x: torch.Tensor, labels: Labels, sy
         bcc = torch.cat([bcc, torch.full((len(synthetic),), -1)])
         syn = torch.from_numpy(synthetic_patterns.astype(np.int64))
         # Synthetic images teach only the patterns no real label covers.
-        for code in LABELLED_PATTERNS:
+        for code in labels.labelled:
             syn[:, PATTERNS.index(code)] = -1
         pat = torch.cat([pat, syn])
     dx_weight = _class_weights(labels.dx, len(DIAGNOSES))
@@ -506,7 +519,7 @@ def out_of_fold(model: BCCPatternNet, feats: Features, labels: Labels, folds: np
     diagnoses = np.zeros((n, len(DIAGNOSES)), np.float32)
     for k in range(cfg.folds):
         train, test = folds != k, folds == k
-        sub = Labels(labels.dx[train], labels.bcc[train], labels.patterns[train])
+        sub = labels.subset(torch.from_numpy(train))
         train_heads(model, feats.real[:, torch.from_numpy(train)], sub, feats.synthetic,
                     feats.synthetic_patterns, cfg, cfg.seed + 101 * (k + 1))
         t, d = head_logits(model, feats.real[0, torch.from_numpy(test)])
@@ -533,7 +546,7 @@ def assess(target_logits: np.ndarray, diagnosis_logits: np.ndarray, labels: Labe
                        **{k: v for k, v in expected_calibration_error(bcc[has_bcc], p_bcc[has_bcc]).items()
                           if k == "ece"}}}
     thresholds = {c: 0.5 for c in PATTERNS}
-    for code in LABELLED_PATTERNS:
+    for code in labels.labelled:
         j = PATTERNS.index(code)
         has = pat[:, j] >= 0
         temps[code] = fit_calibration(target_logits[has, 1 + j], pat[has, j])
@@ -574,7 +587,9 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
     started = time.perf_counter()
     reproducible(cfg.seed, cfg.threads)
     samples = shared_samples(cfg.limit)
-    labels = Labels.of(samples)
+    for folder in cfg.extra_datasets:
+        samples += load_dataset(Path(folder))[:cfg.limit]
+    labels = Labels.of(samples, cfg.min_pattern_labels)
     model = BCCPatternNet(cfg.architecture())
     weights = read_tflite(config.shared_models_dir() / SHARED_FILE)
     model.features.load_state_dict(weights.features)
@@ -595,18 +610,20 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
     result = assess(oof_t, oof_d, labels, cfg)
     train_heads(model, feats.real, labels, feats.synthetic, feats.synthetic_patterns, cfg, cfg.seed)
     elapsed = time.perf_counter() - started
-    card = make_card(cfg, samples, result, {"feature_extraction_s": round(feats.seconds, 1),
+    card = make_card(cfg, samples, labels.labelled, result, {"feature_extraction_s": round(feats.seconds, 1),
                                             "cross_validation_s": round(cv_seconds, 1),
                                             "total_s": round(elapsed, 1)})
     artifact.save(model, card, Path(out))
     f = result["figures"]
+    patterns = "".join(f", {c} {f[c]['auc']}" for c in labels.labelled)
     log(f"real model written to {out} in {elapsed:.0f} s; out-of-fold AUC: BCC {f['BCC']['auc']}, "
-        f"melanoma {f['diagnoses']['mel']['auc']}, PN {f['PN']['auc']}, AT {f['AT']['auc']}; "
+        f"melanoma {f['diagnoses']['mel']['auc']}{patterns}; "
         f"balanced accuracy (7) {f['balanced_accuracy_7']}")
     return card
 
 
-def make_card(cfg: RealTrainConfig, samples: list[Sample], result: dict, timings: dict) -> artifact.ModelCard:
+def make_card(cfg: RealTrainConfig, samples: list[Sample], labelled: tuple[str, ...], result: dict,
+              timings: dict) -> artifact.ModelCard:
     n_ham = sum(s.source == "ham10000" for s in samples)
     n_d7 = sum(s.source == "derm7pt" for s in samples)
     data = {
@@ -615,17 +632,25 @@ def make_card(cfg: RealTrainConfig, samples: list[Sample], result: dict, timings
         "PN": f"Derm7pt ({n_d7}): pigment_network != absent (expert labels)",
         "AT": f"Derm7pt ({n_d7}): vascular_structures == arborizing (expert labels)",
     }
+    n_extra = sum(s.source == "csv" for s in samples)
     validation = {"BCC": VALIDATED, "diagnoses": VALIDATED}
     for code in PATTERNS:
-        validation[code] = VALIDATED if code in LABELLED_PATTERNS else NOT_VALIDATED
-        if code not in LABELLED_PATTERNS:
-            data[code] = (f"synthetic drawings only ({cfg.synthetic} images); no real labels"
+        validation[code] = VALIDATED if code in labelled else NOT_VALIDATED
+        real = [s for s in samples if s.source == "csv" and getattr(s, code) is not None]
+        if code not in labelled:
+            data[code] = (f"synthetic drawings only ({cfg.synthetic} images); "
+                          f"{len(real)} real labels (fewer than {cfg.min_pattern_labels} per class)"
                           if cfg.synthetic else "untrained: no real labels")
+        elif real:
+            data[code] = (data.get(code, "") + ("; " if code in data else "")
+                          + f"{len(real)} reviewed images (readers' consensus, {', '.join(cfg.extra_datasets)})")
     return artifact.ModelCard(
         name=MODEL_NAME, version=MODEL_VERSION, weights_sha256="",
         architecture=cfg.architecture().to_dict(), preprocessing_version=PREPROCESSING_VERSION,
         patterns=list(PATTERNS), thresholds=result["thresholds"], bcc_threshold=result["bcc_threshold"],
-        training_data={"sources": ["HAM10000 (ham10000-224)", "Derm7pt"], "images": len(samples),
+        training_data={"sources": ["HAM10000 (ham10000-224)", "Derm7pt"]
+                       + [f"labels.csv: {d} ({n_extra} images in all)" for d in cfg.extra_datasets],
+                       "images": len(samples),
                        "per_target": data, "initialisation": f"ImageNet MobileNet-V2 ({SHARED_FILE})",
                        "views_per_image": cfg.views, "synthetic_images": cfg.synthetic},
         metrics={"out_of_fold": result["figures"],
@@ -635,6 +660,6 @@ def make_card(cfg: RealTrainConfig, samples: list[Sample], result: dict, timings
         intended_use=INTENDED_USE, clinical_use=False,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         calibration=result["calibration"], validation=validation,
-        evidence_patterns=list(LABELLED_PATTERNS), operating_points=result["operating_points"],
+        evidence_patterns=list(labelled), operating_points=result["operating_points"],
         diagnoses=list(DIAGNOSES),
     )

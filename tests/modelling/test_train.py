@@ -13,7 +13,7 @@ from services.diagnosis.engine import Engine
 from services.diagnosis.patterns import PATTERNS
 from services.modelling import train
 
-TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3)
+TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,38 @@ def test_build_is_deterministic_for_a_seed(tiny_model, tmp_path):
     assert again.weights_sha256 == card.weights_sha256
     assert other.weights_sha256 != card.weights_sha256
     assert again.calibration == card.calibration and again.thresholds == card.thresholds
+
+
+def reviewed_folder(folder, n_positive: int, n_negative: int):
+    """A labels.csv folder as `dermatriage labels export` writes it: real images with UL labels."""
+    import csv
+    import shutil
+    ham = config.shared_data_dir() / "ham10000-224"
+    rows = list(csv.DictReader(open(ham / "metadata.csv")))[500:500 + n_positive + n_negative]
+    (folder / "images").mkdir(parents=True)
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["image", "group", "dx", "bcc", "UL", "PN"])
+        w.writeheader()
+        for i, r in enumerate(rows):
+            shutil.copy(ham / "images" / f"{r['image_id']}.jpg", folder / "images" / f"{r['image_id']}.jpg")
+            w.writerow({"image": f"images/{r['image_id']}.jpg", "group": f"case{i}", "dx": r["dx"],
+                        "bcc": int(r["dx"] == "bcc"), "UL": int(i < n_positive), "PN": ""})
+    return folder
+
+
+def test_reviewed_labels_validate_the_patterns_they_cover(shared_ready, tmp_path):
+    enough = reviewed_folder(tmp_path / "enough", 6, 6)
+    cfg = train.RealTrainConfig(**{**TINY, "extra_datasets": (str(enough),), "min_pattern_labels": 5})
+    card = train.build_real(tmp_path / "m.pt", cfg, progress=False, log=lambda *_: None)
+    assert card.validation["UL"] == train.VALIDATED
+    assert card.evidence_patterns == [c for c in PATTERNS if card.validation[c] == train.VALIDATED]
+    assert "UL" in card.evidence_patterns and "UL" in card.calibration and "UL" in card.metrics["out_of_fold"]
+    assert "12 reviewed images" in card.training_data["per_target"]["UL"]
+    few = reviewed_folder(tmp_path / "few", 3, 6)
+    cfg = train.RealTrainConfig(**{**TINY, "extra_datasets": (str(few),), "min_pattern_labels": 5})
+    card = train.build_real(tmp_path / "m2.pt", cfg, progress=False, log=lambda *_: None)
+    assert card.validation["UL"] == train.NOT_VALIDATED and "UL" not in card.evidence_patterns
+    assert "9 real labels" in card.training_data["per_target"]["UL"]
 
 
 def test_card_states_what_each_target_was_validated_on(tiny_model):
