@@ -15,11 +15,12 @@ import logging
 import os
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import audit, risk
@@ -103,9 +104,11 @@ def start_job(rt: Runtime, job_id: str, now=None) -> bool:
         if job.status in (JobStatus.DONE, JobStatus.FAILED):
             return False
         lease = timedelta(seconds=rt.settings.job_lease_s)
-        if job.status == JobStatus.RUNNING and job.started_at and now - job.started_at < lease:
+        alive_at = job.heartbeat_at or job.started_at
+        if job.status == JobStatus.RUNNING and alive_at and now - alive_at < lease:
             return False
         job.status, job.started_at, job.worker = JobStatus.RUNNING, now, worker_name()
+        job.heartbeat_at = None
         job.attempts += 1
         s.get(Case, job.case_id).status = CaseStatus.ANALYSING
     return True
@@ -125,29 +128,51 @@ def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list["Ana
         todo = [(i.id, i.object_key, i.sha256) for i in s.scalars(
             select(CaseImage).where(CaseImage.case_id == case_id, CaseImage.kind == ImageKind.DERMOSCOPIC)
             .order_by(CaseImage.position)) if i.id not in done]
-    if todo:
-        data = [rt.store.get(key) for _, key, _ in todo]
-        for (image_id, _, sha), blob in zip(todo, data):
-            if hashlib.sha256(blob).hexdigest() != sha:
-                raise StorageError(f"stored image {image_id} does not match its sha256")
-        results = analyse(data)
-        for (image_id, _, sha), result in zip(todo, results):
-            _store_prediction(rt, case_id, image_id, sha, result, model)
-    finish_job(rt, job_id, model)
+    with heartbeat(rt, job_id):
+        if todo:
+            data = [rt.store.get(key) for _, key, _ in todo]
+            for (image_id, _, sha), blob in zip(todo, data):
+                if hashlib.sha256(blob).hexdigest() != sha:
+                    raise StorageError(f"stored image {image_id} does not match its sha256")
+            results = analyse(data)
+            for (image_id, _, sha), result in zip(todo, results):
+                _store_prediction(rt, case_id, image_id, sha, result, model)
+        finish_job(rt, job_id, model)
     return "done"
+
+
+@contextmanager
+def heartbeat(rt: Runtime, job_id: str):
+    """While the block runs, stamp the job every lease / 3, so that the sweeper can tell this
+    (alive, maybe slow) worker from a dead one without waiting for a fixed timeout."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(rt.settings.job_lease_s / 3):
+            try:
+                with rt.transaction() as s:
+                    s.execute(update(AnalysisJob).where(AnalysisJob.id == job_id,
+                                                        AnalysisJob.status == JobStatus.RUNNING)
+                              .values(heartbeat_at=utcnow()))
+            except Exception as exc:  # a missed beat only makes the job look older
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def _store_prediction(rt: Runtime, case_id: str, image_id: str, image_sha: str,
                       result: "AnalysisResult", model: ModelInfo) -> None:
-    from .diagnosis.render import encode_map_array, overlay_png
+    from .diagnosis.render import encode_map_array
 
-    maps = {}
+    # The hot path stores one compact object per prediction: all maps as one array. Overlay
+    # PNGs are rendered when someone asks for one (cases.get_map) and cached there.
+    maps: dict = {}
     prefix = f"maps/{image_id}/{model.name}-{model.version}"
-    for m in result.maps:
-        png = overlay_png(result.input_rgb, m.normalised)
-        key = f"{prefix}/{m.target}.png"
-        rt.store.put(key, png, "image/png")
-        maps[m.target] = {"key": key, "sha256": hashlib.sha256(png).hexdigest()}
     array = encode_map_array([m.normalised for m in result.maps])
     map_array = {"key": f"{prefix}/maps.npz", "sha256": hashlib.sha256(array).hexdigest(),
                  "targets": [m.target for m in result.maps],

@@ -52,3 +52,13 @@ class CeleryDispatcher:
         # retry=False: if the broker is down, fail now and leave the job to the sweeper
         # rather than hold the GP's request open.
         self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False)
+
+
+def queue_depth(celery: Celery) -> int:
+    """Messages waiting in the analysis queue (raises when the broker cannot be asked).
+
+    Not a passive declare: Redis keeps no key for an empty queue, and a passive declare of it
+    fails as if the queue did not exist. Declaring the queue the workers consume is harmless."""
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
+        return conn.default_channel.queue_declare(queue=ANALYSIS_QUEUE).message_count

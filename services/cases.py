@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -190,13 +192,58 @@ def get_image(rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[byt
 
 
 def get_map(rt: Runtime, user: User, case_id: str, prediction_id: str, target: str) -> bytes:
+    """The overlay of one map on the analysed crop (PNG). Predictions stored before the map
+    array kept their overlay objects; newer ones render it on request (cached in memory)."""
     with rt.read() as session:
         readable_case(session, user, case_id)
         pred = session.get(Prediction, prediction_id)
-        if pred is None or pred.case_id != case_id or target not in pred.maps:
+        if pred is None or pred.case_id != case_id or target not in map_targets(pred):
             raise NotFound(f"no map {target} for prediction {prediction_id}")
-        key = pred.maps[target]["key"]
-    return fetch_object(rt, key)
+        if target in pred.maps:
+            key = pred.maps[target]["key"]
+            return fetch_object(rt, key)
+        image_key = session.get(CaseImage, pred.image_id).object_key
+        array, index = pred.map_array, pred.map_array["targets"].index(target)
+    cache_key = (array["sha256"], index)
+    png = _overlays.get(cache_key)
+    if png is None:
+        from .diagnosis.preprocess import prepare
+        from .diagnosis.render import decode_map_array, overlay_png
+
+        maps = decode_map_array(fetch_object(rt, array["key"]))
+        png = overlay_png(prepare(fetch_object(rt, image_key), array["shape"][-1]).rgb, maps[index])
+        _overlays.put(cache_key, png)
+    return png
+
+
+class _LRU:
+    """A small bounded cache of rendered overlays, per process. Kept in memory rather than in
+    the object store: the store holds only what the audit chain vouches for."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_overlays = _LRU(256)
+
+
+def map_targets(pred: Prediction) -> list[str]:
+    """The targets with a map, in the model's order (BCC, then the patterns)."""
+    return list(pred.map_array["targets"]) if pred.map_array else sorted(pred.maps)
 
 
 def _prediction(session: Session, user: User, case_id: str, prediction_id: str) -> Prediction:
@@ -269,6 +316,6 @@ def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
             "pattern_probabilities": p.pattern_probabilities, "patterns_present": p.patterns_present,
             "evidence_patterns": p.clinical.get("evidence_patterns", sorted(p.pattern_probabilities)),
             "clinical": p.clinical, "map_numbers": p.map_numbers, "quality": p.quality,
-            "maps": sorted(p.maps),
+            "maps": map_targets(p),
         } for p in predictions]
     return out

@@ -3,8 +3,16 @@
 ``dispatch`` sends one job right after intake through the runtime's dispatcher port. If the
 broker is down the job simply stays ``pending``; ``sweep`` (run periodically by every
 worker, and by `dermatriage jobs sweep`) re-sends pending jobs, jobs whose message was lost
-(queued too long) and jobs whose worker died (running past the lease), and gives up on jobs
-that used all their attempts. Sending twice is safe: the analysis is idempotent.
+and jobs whose worker died, and gives up on jobs that used all their attempts. Sending twice
+is safe (the analysis is idempotent) but costs a delivery, so the sweeper re-sends only what
+is lost, once per lease:
+- running: lost when the worker's heartbeat (or the start, for a short job) is older than a
+  lease. The re-send puts the job back to ``queued`` with a new ``dispatched_at``, so the next
+  sweeps leave it alone for a lease instead of sending it again every sweep.
+- queued: a job waiting its turn in a long backlog is not lost. Its message is in the broker
+  while the broker's analysis queue holds messages; only when the queue is empty (every
+  message delivered) is a job still queued a lease after its dispatch lost, e.g. to a broker
+  restart without persistence. When the broker cannot be asked, nothing queued is re-sent.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
 from .analysis import fail_job
 from .models import AnalysisJob, utcnow
@@ -23,36 +31,46 @@ log = logging.getLogger(__name__)
 PENDING_GRACE = timedelta(seconds=5)    # leave fresh jobs to the intake's own dispatch
 
 
-def dispatch(rt: Runtime, job_id: str) -> bool:
+def dispatch(rt: Runtime, job_id: str, now=None) -> bool:
     try:
         rt.send_job(job_id)
     except Exception as exc:   # any broker/transport error: the sweeper will retry
         log.warning("broker unavailable, job %s stays pending: %s", job_id, exc)
         return False
     with rt.transaction() as s:
+        # pending -> queued; a lost running job -> queued again (a fresh lease from now)
         s.execute(update(AnalysisJob).where(AnalysisJob.id == job_id)
-                  .values(dispatched_at=utcnow(), dispatches=AnalysisJob.dispatches + 1,
-                          status=case((AnalysisJob.status == JobStatus.PENDING, JobStatus.QUEUED.value),
-                                      else_=AnalysisJob.status)))
+                  .values(dispatched_at=now or utcnow(), dispatches=AnalysisJob.dispatches + 1,
+                          status=case((AnalysisJob.status.in_([JobStatus.PENDING.value,
+                                                               JobStatus.RUNNING.value]),
+                                       JobStatus.QUEUED.value), else_=AnalysisJob.status)))
     return True
 
 
 def sweep(rt: Runtime, now=None) -> dict:
     now = now or utcnow()
     lease = timedelta(seconds=rt.settings.job_lease_s)
+    alive_at = func.coalesce(AnalysisJob.heartbeat_at, AnalysisJob.started_at)
+    lost = [and_(AnalysisJob.status == JobStatus.PENDING, AnalysisJob.created_at < now - PENDING_GRACE),
+            and_(AnalysisJob.status == JobStatus.RUNNING, alive_at < now - lease)]
     with rt.read() as s:
-        stale = s.scalars(select(AnalysisJob).where(or_(
-            and_(AnalysisJob.status == JobStatus.PENDING, AnalysisJob.created_at < now - PENDING_GRACE),
-            and_(AnalysisJob.status == JobStatus.QUEUED, AnalysisJob.dispatched_at < now - lease),
-            and_(AnalysisJob.status == JobStatus.QUEUED, AnalysisJob.dispatched_at.is_(None)),
-            and_(AnalysisJob.status == JobStatus.RUNNING, AnalysisJob.started_at < now - lease),
-        )).limit(500)).all()
+        overdue = s.scalar(select(func.count()).select_from(AnalysisJob).where(
+            AnalysisJob.status == JobStatus.QUEUED, or_(AnalysisJob.dispatched_at < now - lease,
+                                                        AnalysisJob.dispatched_at.is_(None))))
+    depth = rt.queue_depth() if overdue else None
+    if overdue and depth == 0:
+        lost.append(and_(AnalysisJob.status == JobStatus.QUEUED, or_(
+            AnalysisJob.dispatched_at < now - lease, AnalysisJob.dispatched_at.is_(None))))
+    with rt.read() as s:
+        stale = s.scalars(select(AnalysisJob).where(or_(*lost)).order_by(AnalysisJob.created_at)
+                          .limit(500)).all()
         candidates = [(j.id, j.status, j.attempts) for j in stale]
     sent = failed = 0
     for job_id, status, attempts in candidates:
         if attempts >= rt.settings.max_task_attempts:
             fail_job(rt, job_id, f"gave up after {attempts} attempts (last state {status})")
             failed += 1
-        elif dispatch(rt, job_id):
+        elif dispatch(rt, job_id, now):
             sent += 1
-    return {"examined": len(candidates), "sent": sent, "failed": failed}
+    return {"examined": len(candidates), "sent": sent, "failed": failed,
+            "queued_overdue": overdue, "broker_depth": depth}

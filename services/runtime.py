@@ -32,6 +32,8 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     # Wall clock in seconds (token ages); tests move a fake one instead of sleeping.
     clock: Callable[[], float] = field(default=time.time)
+    # How many analysis messages wait in the broker (None: cannot tell); tests inject one.
+    depth_probe: Callable[[], int | None] | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -67,6 +69,16 @@ class Runtime:
             from .broker import CeleryDispatcher
             self.dispatcher = CeleryDispatcher(self.sender)
         self.dispatcher(job_id)
+
+    def queue_depth(self) -> int | None:
+        """Messages waiting in the broker's analysis queue, or None when it cannot be asked."""
+        if self.depth_probe is not None:
+            return self.depth_probe()
+        try:
+            from .broker import queue_depth
+            return queue_depth(self.sender)
+        except Exception:  # any transport error: the broker is down or does not say
+            return None
 
     def health(self) -> dict[str, str]:
         """'ok' or the reason, for the database, the object store and the broker."""

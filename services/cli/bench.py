@@ -72,6 +72,28 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
                    f"cases/s, latency p50 {r['latency_p50_s']} s p95 {r['latency_p95_s']} s")
 
 
+@bench.command("worker")
+@click.option("--cases", "n", type=click.IntRange(4, 10_000), default=40, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
+@click.option("--postgres-admin-url", default=None,
+              help="Also measure audit appends/s with 1, 4 and 16 writers (a temporary database "
+                   "is created through this URL and dropped), e.g. "
+                   "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+@click.option("--json", "as_json", is_flag=True)
+def worker(n: int, batch: int, model_path: Path | None, postgres_admin_url: str | None, as_json: bool) -> None:
+    """The analysis hot path against inference alone, in one process (embedded stack)."""
+    worker_bench = building("services.bench.worker")
+    model = model_path or config.model_path()
+    if not model.exists():
+        raise click.ClickException(f"no model at {model}: run `make install`")
+    result = worker_bench.bench_worker(n, model, _shared_data(), batch, postgres_admin_url)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(json.dumps(result))
+
+
 @bench.command("build")
 @click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
               help="Images per data set in the reduced build.")

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from services import analysis, jobs
 from services.batching import MicroBatcher
 from services.diagnosis.engine import Engine
+from services.diagnosis.patterns import TARGETS
 from services.models import AnalysisJob, Case, ExplanationRecord, Prediction
 
 from tests.factories import poll, post_case, token_for
@@ -44,11 +45,12 @@ def test_run_job_analyses_queues_and_records_once(embedded_stack, engine, ham_jp
         assert case.status == "analysed" and case.risk_tier in ("urgent", "routine", "low")
         assert case.risk_reasons and case.due_at > case.created_at
         preds = s.scalars(select(Prediction).where(Prediction.case_id == case_id)).all()
-        assert len(preds) == 3 and all(len(p.maps) == 8 for p in preds)
+        assert len(preds) == 3 and all(p.map_array["targets"] == list(TARGETS) for p in preds)
+        assert all(p.maps == {} for p in preds)          # no overlay objects on the hot path
         assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 3
         assert s.get(AnalysisJob, job_id).status == "done"
-    data = rt.store.get(preds[0].maps["AT"]["key"])
-    assert data.startswith(b"\x89PNG")
+    data = rt.store.get(preds[0].map_array["key"])
+    assert data.startswith(b"PK")                        # one .npz object
 
 
 def test_duplicate_delivery_stores_one_prediction(embedded_stack, engine, ham_jpegs):
@@ -86,12 +88,17 @@ def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack,
     from services.models import utcnow
     case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
     sent = []
-    rt = embedded_stack.runtime(dispatcher=sent.append)
+    rt = embedded_stack.runtime(dispatcher=sent.append, depth_probe=lambda: 0)
     with rt.sessions() as s:
         assert s.get(AnalysisJob, job_id).status == "queued"     # the intake's own dispatch
     assert jobs.sweep(rt)["sent"] == 0                            # not lost yet
     later = utcnow() + timedelta(seconds=rt.settings.job_lease_s + 10)
-    assert jobs.sweep(rt, now=later)["sent"] == 1 and sent == [job_id]
+    waiting = embedded_stack.runtime(dispatcher=sent.append, depth_probe=lambda: 7)
+    assert jobs.sweep(waiting, now=later)["sent"] == 0 and sent == []     # in the broker's backlog
+    unknown = embedded_stack.runtime(dispatcher=sent.append, depth_probe=lambda: None)
+    assert jobs.sweep(unknown, now=later)["sent"] == 0                    # the broker does not say
+    assert jobs.sweep(rt, now=later)["sent"] == 1 and sent == [job_id]    # queue empty: lost
+    assert jobs.sweep(rt, now=later)["sent"] == 0                         # once per lease
     with rt.sessions() as s, s.begin():
         job = s.get(AnalysisJob, job_id)
         job.status, job.started_at, job.attempts = "running", utcnow() - timedelta(hours=1), 3
@@ -107,6 +114,61 @@ def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack,
     assert jobs.sweep(embedded_stack.runtime(dispatcher=down), now=later)["sent"] == 0
     with rt.sessions() as s:
         assert s.get(AnalysisJob, job2).status == "pending"
+
+
+def test_a_dead_worker_s_job_is_resent_once_per_lease_a_live_one_never(embedded_stack, ham_jpegs):
+    from datetime import timedelta
+    from services.models import utcnow
+    case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
+    sent = []
+    rt = embedded_stack.runtime(dispatcher=sent.append, depth_probe=lambda: 0)
+    lease = timedelta(seconds=rt.settings.job_lease_s)
+    assert analysis.start_job(rt, job_id)
+    now = utcnow()
+    # a slow job whose worker keeps beating is never re-sent, however long it runs
+    with rt.sessions() as s, s.begin():
+        job = s.get(AnalysisJob, job_id)
+        job.started_at, job.heartbeat_at = now - 10 * lease, now - lease / 3
+    assert jobs.sweep(rt, now=now)["sent"] == 0
+    assert not analysis.start_job(rt, job_id, now=now)           # a second delivery stands down
+    # its worker dies: the beat stops; one lease later it is re-sent, once
+    assert jobs.sweep(rt, now=now + lease)["sent"] == 1 and sent == [job_id]
+    for k in range(5):                                            # every sweep of the next lease
+        assert jobs.sweep(rt, now=now + lease + k * lease / 6)["sent"] == 0
+    with rt.sessions() as s:
+        job = s.get(AnalysisJob, job_id)
+        assert job.status == "queued" and job.dispatches == 2
+    assert analysis.start_job(rt, job_id, now=now + lease)       # the re-sent message runs it
+
+
+def test_the_heartbeat_beats_while_a_job_runs(embedded_stack, ham_jpegs):
+    import threading
+    stack = embedded_stack.with_env(JOB_LEASE_S=1)
+    case_id, job_id = submit(stack, ham_jpegs[:1])
+    rt = stack.runtime()
+    assert analysis.start_job(rt, job_id)
+    release = threading.Event()
+
+    def slow(images):
+        release.wait(5)
+        raise RuntimeError("stop here")
+    beats = []
+
+    def watch():
+        for _ in range(100):
+            with rt.sessions() as s:
+                beats.append(s.get(AnalysisJob, job_id).heartbeat_at)
+            if len({b for b in beats if b}) >= 2:
+                break
+            threading.Event().wait(0.05)
+        release.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with pytest.raises(RuntimeError):
+        with analysis.heartbeat(rt, job_id):
+            slow([])
+    watcher.join()
+    assert len({b for b in beats if b}) >= 2
 
 
 def test_micro_batcher_merges_concurrent_requests():
@@ -147,3 +209,17 @@ def test_micro_batcher_hands_errors_to_every_caller():
     with pytest.raises(ValueError, match="bad batch"):
         b.run([1])
     b.close()
+
+
+def test_the_broker_says_how_many_messages_wait(stack):
+    from tests.factories import free_port
+    rt = stack.runtime()
+    before = rt.queue_depth()
+    assert before is not None
+    rt.send_job("job-a")
+    rt.send_job("job-b")
+    assert rt.queue_depth() == before + 2
+    rt.sender.control.purge()            # leave no stray messages for later tests' workers
+    assert rt.queue_depth() == 0
+    down = stack.with_env(BROKER_URL=f"redis://127.0.0.1:{free_port()}/0").runtime()
+    assert down.queue_depth() is None

@@ -12,7 +12,7 @@ from tests.factories import empty_database
 
 
 def test_single_head():
-    assert migrate.heads("sqlite://") == ["0005"]
+    assert migrate.heads("sqlite://") == ["0006"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -71,7 +71,7 @@ def test_downgrade_refuses_to_drop_human_decisions(db_url):
                                "CURRENT_TIMESTAMP)"), {"a": "2" * 64, "b": "3" * 64})
     engine.dispose()
     with pytest.raises(Exception, match="review records are in the audit chain"):
-        migrate.downgrade(db_url, "0004")
+        migrate.downgrade(db_url, "0004")  # through 0006, then refused at 0005
     empty_database(db_url) if "postgresql" in db_url else None
 
 

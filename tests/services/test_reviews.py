@@ -91,7 +91,7 @@ def test_review_loop_answers_the_gp_and_joins_the_chain(stack, small_engine, ham
         assert {a["seq"] for a in last["answers"]} == {records[0].seq, records[1].seq}
         assert last["decision"]["management"] == "urgent_two_week_wait"
         report = audit.verify(s, rt.store)
-    assert report.ok and report.records == 4 and report.objects == 2 * 9 + 1   # 8 maps + array, 1 region
+    assert report.ok and report.records == 4 and report.objects == 2 + 1   # a map array per image, 1 region
     # the drawn region is served back, and is the mask that was sent
     png = client.get(f"/api/v1/cases/{case_id}/reviews/{first['id']}/regions/AT", headers=h).data
     assert reviews.read_mask(png).mean() == pytest.approx(1 / 16, abs=0.01)
@@ -212,3 +212,11 @@ def test_viewer_layers_are_the_stored_maps(embedded_stack, small_engine, ham_jpe
     assert np.abs(np.asarray(layer)[..., 3] / 255 - bcc).max() <= 1 / 255 + 1e-6
     assert np.array_equal(np.asarray(crop), fresh.input_rgb)
     assert client.get(f"/api/v1/cases/{case_id}/predictions/{pid}/layers/XX", headers=h).status_code == 404
+    # overlays are rendered on request from the same array (8-bit maps: within 2 levels)
+    from services.diagnosis.render import overlay_png
+    for target in ("BCC", "SW"):
+        got = client.get(f"/api/v1/cases/{case_id}/predictions/{pid}/maps/{target}", headers=h).data
+        m = next(x for x in fresh.maps if x.target == target).normalised
+        want = Image.open(io.BytesIO(overlay_png(fresh.input_rgb, m)))
+        diff = np.abs(np.asarray(Image.open(io.BytesIO(got)), int) - np.asarray(want, int))
+        assert diff.max() <= 2
