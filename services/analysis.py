@@ -101,6 +101,7 @@ def start_job(rt: Runtime, job_id: str, now=None) -> bool:
         if job is None:
             log.warning("job %s does not exist", job_id)
             return False
+        job.deliveries += 1
         if job.status in (JobStatus.DONE, JobStatus.FAILED):
             return False
         lease = timedelta(seconds=rt.settings.job_lease_s)

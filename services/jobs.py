@@ -38,12 +38,10 @@ def dispatch(rt: Runtime, job_id: str, now=None) -> bool:
         log.warning("broker unavailable, job %s stays pending: %s", job_id, exc)
         return False
     with rt.transaction() as s:
-        # pending -> queued; a lost running job -> queued again (a fresh lease from now)
         s.execute(update(AnalysisJob).where(AnalysisJob.id == job_id)
                   .values(dispatched_at=now or utcnow(), dispatches=AnalysisJob.dispatches + 1,
-                          status=case((AnalysisJob.status.in_([JobStatus.PENDING.value,
-                                                               JobStatus.RUNNING.value]),
-                                       JobStatus.QUEUED.value), else_=AnalysisJob.status)))
+                          status=case((AnalysisJob.status == JobStatus.PENDING, JobStatus.QUEUED.value),
+                                      else_=AnalysisJob.status)))
     return True
 
 
@@ -61,16 +59,27 @@ def sweep(rt: Runtime, now=None) -> dict:
     if overdue and depth == 0:
         lost.append(and_(AnalysisJob.status == JobStatus.QUEUED, or_(
             AnalysisJob.dispatched_at < now - lease, AnalysisJob.dispatched_at.is_(None))))
-    with rt.read() as s:
+    # One transaction that locks the rows it re-sends (SKIP LOCKED on PostgreSQL; SQLite's
+    # BEGIN IMMEDIATE serialises sweeps): two workers sweeping at once never both re-send a job.
+    sent = 0
+    give_up: list[tuple[str, int, str]] = []
+    with rt.transaction() as s:
         stale = s.scalars(select(AnalysisJob).where(or_(*lost)).order_by(AnalysisJob.created_at)
-                          .limit(500)).all()
-        candidates = [(j.id, j.status, j.attempts) for j in stale]
-    sent = failed = 0
-    for job_id, status, attempts in candidates:
-        if attempts >= rt.settings.max_task_attempts:
-            fail_job(rt, job_id, f"gave up after {attempts} attempts (last state {status})")
-            failed += 1
-        elif dispatch(rt, job_id, now):
+                          .limit(500).with_for_update(skip_locked=True)).all()
+        examined = len(stale)
+        for job in stale:
+            if job.attempts >= rt.settings.max_task_attempts:
+                give_up.append((job.id, job.attempts, job.status.value))
+                continue
+            try:
+                rt.send_job(job.id)
+            except Exception as exc:   # broker down: the rest wait for the next sweep
+                log.warning("broker unavailable during the sweep: %s", exc)
+                break
+            # pending -> queued; a lost running job -> queued again (a fresh lease from now)
+            job.status, job.dispatched_at, job.dispatches = JobStatus.QUEUED, now, job.dispatches + 1
             sent += 1
-    return {"examined": len(candidates), "sent": sent, "failed": failed,
+    for job_id, attempts, status in give_up:
+        fail_job(rt, job_id, f"gave up after {attempts} attempts (last state {status})")
+    return {"examined": examined, "sent": sent, "failed": len(give_up),
             "queued_overdue": overdue, "broker_depth": depth}

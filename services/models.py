@@ -166,7 +166,8 @@ class AnalysisJob(Base):
     status: Mapped[JobStatus] = mapped_column(Vocabulary(JobStatus), default=JobStatus.PENDING,
                                               index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    dispatches: Mapped[int] = mapped_column(Integer, default=0)
+    dispatches: Mapped[int] = mapped_column(Integer, default=0)      # messages sent
+    deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # messages received
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,4 +1,5 @@
-"""A heartbeat on running analysis jobs: the sweeper tells a dead worker from a slow one.
+"""A heartbeat on running analysis jobs: the sweeper tells a dead worker from a slow one; and
+a count of the messages workers received for each job (deliveries).
 
 Revision ID: 0006
 Revises: 0005
@@ -18,8 +19,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("analysis_jobs") as batch:
         batch.add_column(sa.Column("heartbeat_at", UTCDateTime(), nullable=True))
+        batch.add_column(sa.Column("deliveries", sa.Integer, nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("analysis_jobs") as batch:
+        batch.drop_column("deliveries")
         batch.drop_column("heartbeat_at")

@@ -94,6 +94,27 @@ def worker(n: int, batch: int, model_path: Path | None, postgres_admin_url: str 
     click.echo(json.dumps(result))
 
 
+@bench.command("chaos")
+@click.option("--cases", "n", type=click.IntRange(8, 100_000), default=1000, show_default=True)
+@click.option("--outage", "outage_s", type=click.FloatRange(1, 600), default=20, show_default=True,
+              help="Seconds the broker is down (at half of the submissions).")
+@click.option("--lease", "lease_s", type=click.IntRange(2, 3600), default=30, show_default=True)
+@click.option("--sweep", "sweep_s", type=click.IntRange(1, 600), default=5, show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+def chaos(n: int, outage_s: float, lease_s: int, sweep_s: int, model_path: Path | None,
+          postgres_admin_url: str) -> None:
+    """Full stack with a worker SIGKILL and a broker outage mid-run (JSON): lost, duplicated,
+    messages and re-sends per job."""
+    chaos_bench = building("services.bench.chaos")
+    model = model_path or config.model_path()
+    if not model.exists():
+        raise click.ClickException(f"no model at {model}: run `make install`")
+    click.echo(json.dumps(chaos_bench.bench_chaos(n, model, _shared_data(), postgres_admin_url,
+                                                  outage_s, lease_s, sweep_s), indent=2))
+
+
 @bench.command("build")
 @click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
               help="Images per data set in the reduced build.")

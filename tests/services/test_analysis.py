@@ -223,3 +223,32 @@ def test_the_broker_says_how_many_messages_wait(stack):
     assert rt.queue_depth() == 0
     down = stack.with_env(BROKER_URL=f"redis://127.0.0.1:{free_port()}/0").runtime()
     assert down.queue_depth() is None
+
+
+def test_two_sweepers_at_once_resend_a_lost_job_once(stack, ham_jpegs):
+    import threading
+    import time
+    from datetime import timedelta
+    from services.models import utcnow
+    ids = [submit(stack, ham_jpegs[:1])[1] for _ in range(4)]
+    sent = []
+
+    def slow_send(job_id):
+        time.sleep(0.05)
+        sent.append(job_id)
+    rt = stack.runtime(dispatcher=slow_send, depth_probe=lambda: 0)
+    long_ago = utcnow() - timedelta(seconds=3 * rt.settings.job_lease_s)
+    with rt.sessions() as s, s.begin():
+        for job_id in ids:
+            job = s.get(AnalysisJob, job_id)
+            job.status, job.started_at, job.attempts = "running", long_ago, 1    # its worker died
+    results = []
+    sweepers = [threading.Thread(target=lambda: results.append(jobs.sweep(rt))) for _ in range(2)]
+    for t in sweepers:
+        t.start()
+    for t in sweepers:
+        t.join()
+    assert sorted(sent) == sorted(ids) and sum(r["sent"] for r in results) == 4
+    with rt.sessions() as s:
+        assert all(s.get(AnalysisJob, j).dispatches == 2 and s.get(AnalysisJob, j).status == "queued"
+                   for j in ids)
