@@ -59,10 +59,9 @@ def parse_case_fields(form: Mapping) -> CaseInput:
         raise ValidationError("patient_pseudonym is required (a reference, not the name)", "patient_pseudonym")
     if len(pseudonym) > 64:
         raise ValidationError("patient_pseudonym must be at most 64 characters", "patient_pseudonym")
-    try:
-        age = int(str(form.get("age", "")).strip())
-    except ValueError:
-        raise ValidationError("age is required, a whole number of years", "age") from None
+    age = params.whole_number(form, "age")
+    if age is None:
+        raise ValidationError("age is required, a whole number of years", "age")
     if not 0 <= age <= 120:
         raise ValidationError("age must be between 0 and 120", "age")
     sex = str(form.get("sex", "")).strip().lower()
@@ -89,6 +88,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
         raise ValidationError("at least one image is required", "images")
     if len(uploads) > rt.settings.max_images_per_case:
         raise ValidationError(f"at most {rt.settings.max_images_per_case} images per case", "images")
+    _within_decode_budget(uploads)
     cleaned = []
     for i, up in enumerate(uploads):
         if up.kind not in values(ImageKind):
@@ -133,6 +133,26 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
 
     jobs.dispatch(rt, job_id)
     return case
+
+
+# What one case may cost to decode, read from the headers before anything is decoded: six
+# small 16-bit 6300x6300 PNGs (0.5 MB on the wire) would otherwise take ~2 GB and ~20 s.
+MAX_CASE_MEGAPIXELS = 60
+MAX_CASE_DECODED_MB = 256
+
+
+def _within_decode_budget(uploads: list[Upload]) -> None:
+    from .diagnosis.preprocess import decode_cost
+
+    pixels = decoded = 0
+    for up in uploads:
+        p, b = decode_cost(up.data)
+        pixels, decoded = pixels + p, decoded + b
+    if pixels > MAX_CASE_MEGAPIXELS * 1_000_000 or decoded > MAX_CASE_DECODED_MB * 1_000_000:
+        raise ValidationError(
+            f"the images of one case may hold at most {MAX_CASE_MEGAPIXELS} megapixels and "
+            f"{MAX_CASE_DECODED_MB} MB decoded; these hold {pixels / 1e6:.0f} megapixels and "
+            f"{decoded / 1e6:.0f} MB: send smaller pictures", "images")
 
 
 def _delete_quietly(rt: Runtime, keys: list[str]) -> None:

@@ -69,6 +69,26 @@ def _object_store_url(env: dict, base: Path) -> str:
     return (base / "objects").as_uri()
 
 
+DEPLOYMENTS = ("development", "test", "production")
+
+
+def deployment(raw: str) -> str:
+    """DERMATRIAGE_ENV, spelled any case; anything else is refused rather than read as
+    development (a typo must never run production with development's defaults)."""
+    value = raw.strip().lower() or "development"
+    if value not in DEPLOYMENTS:
+        raise ConfigurationError(f"DERMATRIAGE_ENV must be one of {', '.join(DEPLOYMENTS)}, not {raw!r}")
+    return value
+
+
+def strong_secret(key: str) -> bool:
+    """At least 32 characters and not a repetition of a few: about 128 bits or more when
+    the key was drawn at random (hex, base64), which is what the error message asks for."""
+    if len(key) < 32 or len(set(key)) < 12:
+        return False
+    return not any(key == key[:n] * (len(key) // n) + key[:len(key) % n] for n in range(1, 9))
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str
@@ -93,7 +113,7 @@ class Settings:
         env = dict(os.environ if environ is None else environ)
         base = data_dir(env)
         settings = cls(
-            env=env.get("DERMATRIAGE_ENV", "development"),
+            env=deployment(env.get("DERMATRIAGE_ENV", "")),
             secret_key=env.get("SECRET_KEY", DEFAULT_SECRET_KEY),
             database_url=env.get("DATABASE_URL", f"sqlite:///{base / 'dermatriage.db'}"),
             broker_url=env.get("BROKER_URL", "filesystem://"),
@@ -113,10 +133,11 @@ class Settings:
 
     def validate(self) -> None:
         if self.env == "production":
-            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
+            if self.secret_key == DEFAULT_SECRET_KEY or not strong_secret(self.secret_key):
                 raise ConfigurationError(
                     "DERMATRIAGE_ENV=production needs SECRET_KEY set to a random value of at "
-                    "least 32 characters; refusing to start with the default key")
+                    "least 32 characters (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`); "
+                    "refusing to start with the default key or a guessable one")
             if self.database_url.startswith("sqlite"):
                 raise ConfigurationError("production needs DATABASE_URL pointing to PostgreSQL")
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import Unavailable
 
 DATABASE_DOWN = "the database is unavailable; please retry shortly"
+READ_ONLY = "dermatriage_read_only"     # execution option of the engine behind read sessions
 
 
 def make_engine(url: str) -> Engine:
@@ -43,14 +44,18 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn):
-        # Take the write lock up front, so read-then-write transactions (claims, hash-chain
-        # appends) queue behind each other instead of failing at commit.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writing transactions take the write lock up front, so read-then-write transactions
+        # (claims, hash-chain appends) queue behind each other instead of failing at commit.
+        # Reads (READ_ONLY, see ``read``) begin deferred: under WAL they never wait for a
+        # writer, so one long write cannot stall pages or /healthz.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+def make_session_factory(engine: Engine, read_only: bool = False) -> sessionmaker[Session]:
+    if read_only:
+        engine = engine.execution_options(**{READ_ONLY: True})
     return sessionmaker(engine, expire_on_commit=False)
 
 

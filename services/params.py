@@ -41,10 +41,11 @@ def choice(form: Mapping, name: str, enum: type[StrEnum]) -> StrEnum | None:
 
 
 def whole_number(form: Mapping, name: str, empty: int | None = None) -> int | None:
+    """ASCII digits only: Python's int() would also take "1_0", "+5", " 7" and Arabic-Indic
+    digits, none of which a person means as a number in a form."""
     raw = _raw(form, name)
     if not raw:
         return empty
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationError(f"{name} must be a whole number", name) from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
+        raise ValidationError(f"{name} must be a whole number (digits 0-9)", name)
+    return int(raw)

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PATTERN_CODES = ("PN", "UL", "BO", "MG", "ML", "SW", "AT")   # services.diagnosis.patterns.PATTERNS
 MAX_TEXT = 4000
-MAX_MASK_BYTES = 2_000_000
+MAX_MASK_BYTES = 1_000_000
 MAX_MASK_SIDE = 2048
 
 

@@ -44,6 +44,10 @@ class Runtime:
         return db.make_session_factory(self.engine)
 
     @cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        return db.make_session_factory(self.engine, read_only=True)
+
+    @cached_property
     def store(self) -> ObjectStore:
         return open_store(self.settings.object_store_url)
 
@@ -58,7 +62,7 @@ class Runtime:
         return make_sender(self.settings)
 
     def read(self) -> AbstractContextManager[Session]:
-        return db.read(self.sessions)
+        return db.read(self.read_sessions)
 
     def transaction(self) -> AbstractContextManager[Session]:
         return db.transaction(self.sessions)
@@ -84,7 +88,7 @@ class Runtime:
         """'ok' or the reason, for the database, the object store and the broker."""
         out = {}
         try:
-            with self.engine.connect() as conn:
+            with self.engine.execution_options(**{db.READ_ONLY: True}).connect() as conn:
                 conn.execute(text("SELECT 1"))
             out["database"] = "ok"
         except Exception as exc:  # any driver error means "not reachable" here

@@ -34,7 +34,8 @@ def _http_message(exc: HTTPException) -> tuple[str, str]:
                                       if wants_json() else "method not allowed")
     if exc.code == 413:
         limit = current_app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
-        return "too_large", f"request larger than {limit} MB"
+        return "too_large", (f"the images are larger than {limit} MB in all; "
+                             "send fewer or smaller images")
     return (exc.name or "error").lower().replace(" ", "_"), exc.description or exc.name
 
 
@@ -46,4 +47,4 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code, message = _http_message(exc)
-        return render_error(exc.code or 500, code, message)
+        return render_error(exc.code or 500, code, message, "images" if exc.code == 413 else None)

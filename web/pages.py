@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 from flask import (Blueprint, Flask, Response, flash, g, redirect, render_template, request,
                    session, url_for)
 
@@ -30,6 +32,18 @@ def check_csrf():
                                          "reload the page and try again")
 
 
+def safe_next(target: str) -> str | None:
+    r"""A path on this site to return to after login, or None. Browsers drop tabs and newlines
+    from URLs and read a backslash as a slash, so "/\t/evil.example" and "/\evil.example" lead
+    off-site: any control character or backslash, plain or percent-encoded, disqualifies it."""
+    if not target or any(ord(c) < 0x20 or c in "\x7f\\" for c in target + unquote(target)):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
+
+
 @bp.get("/")
 def index():
     user = page_user()
@@ -47,10 +61,7 @@ def login():
             flash("Wrong username or password.")
             return render_template("login.html"), 401
         log_in(user)
-        target = request.args.get("next", "")
-        if not target.startswith("/") or target.startswith("//"):
-            target = url_for(HOME[user.role])
-        return redirect(target)
+        return redirect(safe_next(request.args.get("next", "")) or url_for(HOME[user.role]))
     return render_template("login.html")
 
 

@@ -17,8 +17,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ValidationError
 
-PREPROCESSING_VERSION = "dt-pre-1"
-ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# dt-pre-2: JPEGs larger than DECODE_SIDE decoded at a reduced scale; 16-bit scaled by a shift.
+PREPROCESSING_VERSION = "dt-pre-2"
+# MPO (multi-picture JPEG, written by many phones) is read as its first picture, a JPEG.
+ALLOWED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "MPO": "image/jpeg"}
+# Larger photos are decoded at a reduced scale where the format allows (JPEG: 1/2, 1/4, 1/8),
+# so a 24-megapixel phone picture costs a fraction of its full decode; the model reads 224 px.
+DECODE_SIDE = 2048
 MAX_BYTES = 25 * 1024 * 1024
 MAX_PIXELS = 40_000_000          # decompression-bomb guard (a 40-megapixel photo is fine)
 MIN_SIDE = 64
@@ -87,6 +92,24 @@ class PreparedImage:
     version: str = PREPROCESSING_VERSION
 
 
+def decode_cost(data: bytes) -> tuple[int, int]:
+    """(pixels, bytes) that decoding this image will take, read from its header alone (JPEG
+    at its reduced decode scale); (0, 0) when the header cannot be read (decode says why)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if img.format in ("JPEG", "MPO") and max(w, h) > DECODE_SIDE:
+            scale = 1
+            while scale < 8 and max(w, h) // (scale * 2) >= DECODE_SIDE:
+                scale *= 2
+            w, h = -(-w // scale), -(-h // scale)
+        bands = len(img.getbands())
+        depth = 2 if "16" in img.mode else 4 if img.mode in ("I", "F") else 1
+        return w * h, w * h * bands * depth
+    except Exception:  # anything unreadable is decode()'s to report, with its own message
+        return 0, 0
+
+
 def decode(data: bytes) -> tuple[Image.Image, str]:
     """Open JPEG/PNG bytes, apply EXIF orientation, return an RGB image and media type."""
     if not data:
@@ -105,6 +128,8 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                 raise ImageDecodeError("too_many_pixels",
                                        f"the image has {img.width * img.height} pixels; "
                                        f"at most {MAX_PIXELS} are accepted")
+            if fmt in ("JPEG", "MPO") and max(img.size) > DECODE_SIDE:
+                img.draft("RGB", (DECODE_SIDE, DECODE_SIDE))
             img.load()
     except ImageDecodeError:
         raise
@@ -113,9 +138,10 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                                f"the image declares too many pixels; at most {MAX_PIXELS} "
                                "are accepted") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError("undecodable", f"the file is not a readable JPEG or PNG image ({exc})") from exc
+        # Pillow's own message names its internals (and the BytesIO object): not for users.
+        raise ImageDecodeError("undecodable", "the file is not a readable JPEG or PNG image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError("corrupt", f"the image data is damaged or truncated ({exc})") from exc
+        raise ImageDecodeError("corrupt", "the image data is damaged or truncated") from exc
     if min(img.width, img.height) < MIN_SIDE:
         raise ImageDecodeError("too_small", f"the image is {img.width}x{img.height}; "
                                f"each side must be at least {MIN_SIDE} pixels")
@@ -126,9 +152,12 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16-bit scaled down, transparency flattened onto white."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+        # Integer arithmetic in place of a float64 copy (8 bytes a pixel): a 40-megapixel
+        # 16-bit PNG would otherwise cost over a gigabyte here.
+        arr = np.asarray(img)
+        if arr.max() > 255:
+            arr = np.clip(arr, 0, 65535) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -164,9 +164,18 @@ def test_production_refuses_the_default_secret_key():
     with pytest.raises(ConfigurationError, match="SECRET_KEY"):
         Settings.from_env({"DERMATRIAGE_ENV": "production", "SECRET_KEY": "short",
                            "DATABASE_URL": "postgresql://x/y"})
-    ok = Settings.from_env({"DERMATRIAGE_ENV": "production", "SECRET_KEY": "k" * 40,
+    for guessable in ("k" * 40, "ab" * 20, "0123456789" * 4):
+        with pytest.raises(ConfigurationError, match="guessable"):
+            Settings.from_env({"DERMATRIAGE_ENV": "production", "SECRET_KEY": guessable,
+                               "DATABASE_URL": "postgresql+psycopg://x/y"})
+    ok = Settings.from_env({"DERMATRIAGE_ENV": "Production", "SECRET_KEY": "9f2c4e7a1b8d3f6e0a5c2b9d7e4f1a3c",
                             "DATABASE_URL": "postgresql+psycopg://x/y"})
-    assert ok.env == "production"
+    assert ok.env == "production"                       # any case, never silently development
+    for typo in ("prod", "production ", "staging"):
+        if typo.strip().lower() == "production":
+            continue
+        with pytest.raises(ConfigurationError, match="DERMATRIAGE_ENV must be one of"):
+            Settings.from_env({"DERMATRIAGE_ENV": typo})
     from services.cli import main
     result = CliRunner().invoke(main, ["run"], env={"DERMATRIAGE_ENV": "production", "SECRET_KEY": ""})
     assert result.exit_code != 0 and "SECRET_KEY" in result.output

@@ -1,0 +1,95 @@
+"""Request hygiene and response headers, for every route at once.
+
+- A NUL byte in the path, a query value, a form field or a JSON string is refused (400, the
+  field named) before it reaches a use case: PostgreSQL cannot store one and would fail late.
+- JSON nested deeper than any of our bodies (MAX_JSON_DEPTH) is refused, as is JSON that
+  does not parse, instead of failing inside the parser.
+- Every response carries a Content-Security-Policy (our own scripts and styles only; no
+  framing), nosniff, no referrer; patient data is never cached (Cache-Control: no-store on
+  everything but the static files); HSTS in production.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from flask import Flask, current_app, request
+
+from .errors import render_error
+
+MAX_JSON_DEPTH = 8
+MAX_JSON_BYTES = 12_000_000     # seven region masks of at most 1 MB each, base64, and text
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+
+def _nul_field() -> str | None:
+    if "\x00" in request.path:
+        return "path"
+    for source in (request.args, request.form):
+        for name, value in source.items(multi=True):
+            if "\x00" in name or "\x00" in value:
+                return name.replace("\x00", "")
+    return None
+
+
+def _json_problem() -> tuple[str, str] | None:
+    if not request.is_json:
+        return None
+    raw = request.get_data(cache=True, as_text=True)
+    if not raw.strip():
+        return None
+    if len(raw) > MAX_JSON_BYTES:
+        return "body", f"the JSON body is larger than {MAX_JSON_BYTES // 1_000_000} MB"
+    # Depth by brackets before parsing: Python's parser would recurse on 100,000 of them.
+    # Strings are cut out first (a bracket inside a string does not nest).
+    depth = 0
+    for ch in _BRACKETS.findall(_STRINGS.sub("", raw)):
+        depth += 1 if ch in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return "body", f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return "body", "the body is not valid JSON"
+    if _has_nul(body):
+        return "body", "the JSON body contains a NUL character"
+    return None
+
+
+def _has_nul(value) -> bool:
+    """Any NUL in a key or string (depth already bounded by MAX_JSON_DEPTH)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def refuse_bad_input():
+        field = _nul_field()
+        if field is not None:
+            return render_error(400, "invalid", f"{field} contains a NUL character", field)
+        problem = _json_problem()
+        if problem is not None:
+            return render_error(400, "invalid", problem[1], problem[0])
+        return None
+
+    @app.after_request
+    def headers(response):
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        if not request.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
+        if current_app.extensions["dermatriage"].settings.env == "production":
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        return response
