@@ -99,6 +99,8 @@ class Settings:
     model_path: Path
     data_dir: Path
     token_max_age_s: int = 8 * 3600
+    session_idle_s: int = 30 * 60        # a page session unused this long ends
+    session_max_s: int = 12 * 3600       # and none lasts longer than this
     max_upload_bytes: int = 60 * 1024 * 1024
     max_images_per_case: int = 6
     max_task_attempts: int = 3
@@ -121,6 +123,8 @@ class Settings:
             model_path=model_path(env),
             data_dir=base,
             token_max_age_s=int(env.get("TOKEN_MAX_AGE_S", 8 * 3600)),
+            session_idle_s=int(env.get("SESSION_IDLE_S", 30 * 60)),
+            session_max_s=int(env.get("SESSION_MAX_S", 12 * 3600)),
             max_task_attempts=int(env.get("MAX_TASK_ATTEMPTS", 3)),
             job_lease_s=int(env.get("JOB_LEASE_S", 300)),
             sweep_interval_s=float(env.get("SWEEP_INTERVAL_S", 15)),

@@ -51,6 +51,17 @@ class Conflict(DermaTriageError):
     code = "conflict"
 
 
+class TooManyRequests(DermaTriageError):
+    """Slow down: ``retry_after`` seconds (sent as the Retry-After header)."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, field: str | None = None):
+        super().__init__(message, field)
+        self.retry_after = retry_after
+
+
 class Unavailable(DermaTriageError):
     """A dependency (database, object store, broker) cannot be reached: retry later."""
 

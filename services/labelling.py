@@ -335,4 +335,9 @@ def export(rt: Runtime, user: User | None, ref: str, out: Path) -> dict:
                              for c in PATTERN_CODES},
                 "diagnosis_readers": merged["diagnosis"]["readers"]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    from . import access
+    from .vocabulary import AccessAction
+    for row in rows:
+        access.record(rt, user, AccessAction.EXPORT, "cli" if user is None else "?", case_id=row["group"],
+                      subject=f"labelling set {merged['set']['name']} -> {out}", username="operator (cli)")
     return {"out": str(out), "images": len(rows), "masks": masks_written}

@@ -72,9 +72,41 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(Vocabulary(Role))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped to end every session and token of the account at once (logout, password change,
+    # deactivation, revocation): both carry the version they were issued under.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (CheckConstraint(check_in("role", Role), name="ck_users_role"),)
+
+
+class LoginThrottle(Base):
+    """Failed logins per key (account or client) in the current window (embedded stack)."""
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column()
+    failures: Mapped[int] = mapped_column(Integer)
+
+
+class AccessEvent(Base):
+    """Who read which patient data (or acted on an account), when and from where; append-only."""
+
+    __tablename__ = "access_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    username: Mapped[str] = mapped_column(String(80))
+    role: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(40))
+    case_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    client: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_access_log_case_at", "case_id", "at"),
+                      Index("ix_access_log_user_at", "username", "at"))
 
 
 # Waiting for a dermatologist: analysed (or the analysis failed) and unclaimed. Written out as

@@ -14,6 +14,7 @@ READ_CASES = frozenset({Role.GP, Role.DERMATOLOGIST, Role.AUDITOR})
 WORK_QUEUE = frozenset({Role.DERMATOLOGIST})
 VERIFY_AUDIT = frozenset({Role.AUDITOR})
 ADMINISTER = frozenset({Role.ADMIN})
+ANYONE = frozenset(Role)
 # Labelling sets: dermatologists label, administrators run them, auditors inspect them.
 LABELLING = frozenset({Role.DERMATOLOGIST, Role.ADMIN, Role.AUDITOR})
 # Human-AI monitoring: the clinical lead (a dermatologist), the ML engineer (admin), auditors.

@@ -148,6 +148,25 @@ class RecordKind(StrEnum):
     REVIEW = "review"             # one human decision (or amendment) on a case
 
 
+class AccessAction(StrEnum):
+    """What the access log records: reads of patient data, and account actions."""
+
+    READ_CASE = "read_case"
+    READ_IMAGE = "read_image"
+    READ_MAP = "read_map"
+    READ_REVIEW = "read_review"
+    READ_REGION = "read_region"
+    LABEL_CASE = "read_labelling_case"
+    EXPORT = "export"
+    LOGIN = "login"
+    LOGIN_REFUSED = "login_refused"
+    LOGOUT = "logout"
+    ACCOUNT_CREATE = "account_create"
+    ACCOUNT_DEACTIVATE = "account_deactivate"
+    ACCOUNT_PASSWORD = "account_password"
+    ACCOUNT_REVOKE = "account_revoke"
+
+
 def values(enum: type[StrEnum]) -> tuple[str, ...]:
     return tuple(m.value for m in enum)
 

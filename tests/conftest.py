@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from services import config
-from tests.factories import (make_stack, port_open, reset_database, create_accounts,
+from tests.factories import (forget_login_failures, make_stack, port_open, reset_database, create_accounts,
                              small_model_file, free_port, wait_for_port)
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -134,6 +134,7 @@ def make_product(request, tmp_path):
             stack = make_stack("full", tmp_path, model, pg, request.getfixturevalue("redis_url"),
                                request.getfixturevalue("s3_server"), **overrides)
             reset_database(pg)
+            forget_login_failures(request.getfixturevalue("redis_url"))
         else:
             stack = make_stack("embedded", tmp_path, model, **overrides)
         create_accounts(stack.runtime())

@@ -209,6 +209,15 @@ def empty_database(url: str) -> None:
     engine.dispose()
 
 
+def forget_login_failures(redis_url: str) -> None:
+    """Throttle counts live in the shared Redis for 15 minutes: each full-stack test starts clean."""
+    import redis
+    r = redis.Redis.from_url(redis_url)
+    keys = r.keys("dt:login:*")
+    if keys:
+        r.delete(*keys)
+
+
 def reset_database(url: str) -> None:
     empty_database(url)
     migrate.upgrade(url)

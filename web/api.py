@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import audit, cases, labelling, monitoring, params, permissions, queue, reviews, users
+from services import access, audit, cases, labelling, monitoring, params, permissions, queue, reviews, users
 from services.errors import Unauthorized, ValidationError
+from services.vocabulary import AccessAction
 
-from .auth import api_login_required, runtime
+from .auth import api_login_required, client_address, logged, runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -19,7 +20,7 @@ def token():
             or not isinstance(body.get("password"), str):
         raise ValidationError('send JSON {"username": ..., "password": ...}', "body")
     rt = runtime()
-    user = users.authenticate(rt, body["username"], body["password"])
+    user = users.authenticate(rt, body["username"], body["password"], client_address())
     if user is None:
         raise Unauthorized("wrong username or password")
     return jsonify({"token": users.token_for(rt, user),
@@ -47,18 +48,21 @@ def submit():
 
 @bp.get("/cases")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def list_cases():
     return jsonify({"cases": cases.list_cases(runtime(), g.user)})
 
 
 @bp.get("/cases/<case_id>")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def get_case(case_id):
     return jsonify(cases.get_case(runtime(), g.user, case_id))
 
 
 @bp.get("/cases/<case_id>/images/<image_id>")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_IMAGE)
 def get_image(case_id, image_id):
     data, media_type = cases.get_image(runtime(), g.user, case_id, image_id)
     return Response(data, mimetype=media_type)
@@ -66,6 +70,7 @@ def get_image(case_id, image_id):
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/maps/<target>")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_MAP)
 def get_map(case_id, prediction_id, target):
     return Response(cases.get_map(runtime(), g.user, case_id, prediction_id, target),
                     mimetype="image/png")
@@ -73,12 +78,14 @@ def get_map(case_id, prediction_id, target):
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/crop")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_IMAGE)
 def get_crop(case_id, prediction_id):
     return Response(cases.get_analysed_crop(runtime(), g.user, case_id, prediction_id), mimetype="image/png")
 
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/layers/<target>")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_MAP)
 def get_layer(case_id, prediction_id, target):
     return Response(cases.get_map_layer(runtime(), g.user, case_id, prediction_id, target),
                     mimetype="image/png")
@@ -119,12 +126,14 @@ def post_review(case_id):
 
 @bp.get("/cases/<case_id>/review")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_REVIEW)
 def get_review(case_id):
     return jsonify(reviews.get_review(runtime(), g.user, case_id))
 
 
 @bp.get("/cases/<case_id>/reviews/<review_id>/regions/<code>")
 @api_login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_REGION)
 def get_region(case_id, review_id, code):
     return Response(reviews.get_region(runtime(), g.user, case_id, review_id, code), mimetype="image/png")
 
@@ -166,6 +175,7 @@ def add_set_cases(ref):
 
 @bp.get("/labelling/sets/<ref>/cases/<case_id>")
 @api_login_required(permissions.WORK_QUEUE)
+@logged(AccessAction.LABEL_CASE)
 def get_labelling_case(ref, case_id):
     return jsonify(labelling.labelling_case(runtime(), g.user, ref, case_id))
 
@@ -210,6 +220,23 @@ def get_queue_counts():
     return jsonify({"counts": queue.tier_counts(runtime(), g.user,
                                                 queue.QueueFilter.from_args(request.args))})
 
+
+
+@bp.get("/audit/access")
+@api_login_required(permissions.VERIFY_AUDIT)
+def get_access_log():
+    """Who read what: ``?case_id=`` and/or ``?user=``, newest first, ``limit`` up to 1000."""
+    return jsonify({"access": access.query(runtime(), g.user, request.args.get("case_id") or None,
+                                           request.args.get("user") or None,
+                                           limit=params.whole_number(request.args, "limit", 200))})
+
+
+@bp.post("/auth/logout")
+@api_login_required(permissions.ANYONE)
+def api_logout():
+    """End every session and token of the caller's account."""
+    users.log_out(runtime(), g.user, client_address())
+    return jsonify({"ended": True})
 
 
 @bp.get("/audit/verify")

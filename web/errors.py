@@ -42,7 +42,12 @@ def _http_message(exc: HTTPException) -> tuple[str, str]:
 def init_app(app: Flask) -> None:
     @app.errorhandler(DermaTriageError)
     def product_error(exc: DermaTriageError):
-        return render_error(exc.status, exc.code, exc.message, exc.field)
+        response, status = render_error(exc.status, exc.code, exc.message, exc.field)
+        if getattr(exc, "retry_after", None):
+            response = current_app.make_response((response, status))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

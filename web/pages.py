@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from flask import (Blueprint, Flask, Response, flash, g, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect, render_template,
+                   request, session, url_for)
 
-from services import audit, cases, labelling, monitoring, permissions, queue, reviews, users
+from services import access, audit, cases, labelling, monitoring, permissions, queue, reviews, users
 from services.errors import DermaTriageError
-from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, BodySite, Diagnosis, Management,
+from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, AccessAction, BodySite, Diagnosis, Management,
                                  RiskTier, Role, values)
 
-from .auth import csrf_ok, csrf_token, log_in, login_required, page_user, runtime
+from .auth import client_address, csrf_ok, csrf_token, log_in, logged, login_required, page_user, runtime
 from .errors import render_error
 
 bp = Blueprint("pages", __name__)
@@ -55,8 +55,16 @@ def index():
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "POST":
-        user = users.authenticate(runtime(), request.form.get("username", ""),
-                                  request.form.get("password", ""))
+        try:
+            user = users.authenticate(runtime(), request.form.get("username", ""),
+                                      request.form.get("password", ""), client_address())
+        except DermaTriageError as exc:
+            if exc.status != 429:
+                raise
+            flash(exc.message)
+            response = current_app.make_response((render_template("login.html"), 429))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         if user is None:
             flash("Wrong username or password.")
             return render_template("login.html"), 401
@@ -67,12 +75,17 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    """Ends every session and token of the account, not only this cookie."""
+    user = page_user()
+    if user is not None:
+        users.log_out(runtime(), user, client_address())
     session.clear()
     return redirect(url_for("pages.login"))
 
 
 @bp.get("/cases")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def my_cases():
     return render_template("cases.html", cases=cases.list_cases(runtime(), g.user))
 
@@ -97,6 +110,7 @@ def new_case():
 
 @bp.get("/cases/<case_id>")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def case_detail(case_id):
     rt = runtime()
     case = cases.get_case(rt, g.user, case_id)
@@ -106,6 +120,7 @@ def case_detail(case_id):
 
 @bp.get("/cases/<case_id>/images/<image_id>")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_IMAGE)
 def case_image(case_id, image_id):
     data, media_type = cases.get_image(runtime(), g.user, case_id, image_id)
     return Response(data, mimetype=media_type)
@@ -113,6 +128,7 @@ def case_image(case_id, image_id):
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/maps/<target>.png")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_MAP)
 def case_map(case_id, prediction_id, target):
     return Response(cases.get_map(runtime(), g.user, case_id, prediction_id, target),
                     mimetype="image/png")
@@ -144,12 +160,14 @@ def claim(case_id):
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/crop.png")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_IMAGE)
 def case_crop(case_id, prediction_id):
     return Response(cases.get_analysed_crop(runtime(), g.user, case_id, prediction_id), mimetype="image/png")
 
 
 @bp.get("/cases/<case_id>/predictions/<prediction_id>/layers/<target>.png")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_MAP)
 def case_layer(case_id, prediction_id, target):
     return Response(cases.get_map_layer(runtime(), g.user, case_id, prediction_id, target),
                     mimetype="image/png")
@@ -157,6 +175,7 @@ def case_layer(case_id, prediction_id, target):
 
 @bp.get("/cases/<case_id>/reviews/<review_id>/regions/<code>.png")
 @login_required(permissions.READ_CASES)
+@logged(AccessAction.READ_REGION)
 def review_region(case_id, review_id, code):
     return Response(reviews.get_region(runtime(), g.user, case_id, review_id, code), mimetype="image/png")
 
@@ -202,6 +221,7 @@ def _review_page(mode: str, case: dict, ai: dict | None, region: dict | None, ac
 
 @bp.route("/cases/<case_id>/review", methods=["GET", "POST"])
 @login_required(permissions.WORK_QUEUE)
+@logged(AccessAction.READ_REVIEW)
 def review_case(case_id):
     rt = runtime()
     if request.method == "POST":
@@ -280,6 +300,7 @@ def labelling_set(ref):
 
 @bp.route("/labelling/<ref>/cases/<case_id>", methods=["GET", "POST"])
 @login_required(permissions.WORK_QUEUE)
+@logged(AccessAction.LABEL_CASE)
 def label_case(ref, case_id):
     rt = runtime()
     form, status = None, 200
@@ -311,6 +332,58 @@ def monitoring_page():
 @login_required(permissions.VERIFY_AUDIT)
 def audit_page():
     return render_template("audit.html", report=audit.verify_chain(runtime(), g.user).to_dict())
+
+
+@bp.get("/audit/access")
+@login_required(permissions.VERIFY_AUDIT)
+def access_log_page():
+    case_id, username = request.args.get("case_id") or None, request.args.get("user") or None
+    return render_template("access_log.html", rows=access.query(runtime(), g.user, case_id, username),
+                           case_id=case_id or "", username=username or "")
+
+
+@bp.post("/admin/accounts")
+@login_required(permissions.ADMINISTER)
+def admin_accounts():
+    """Create, deactivate, reset a password, revoke sessions: one form per action."""
+    rt, form, client = runtime(), request.form, client_address()
+    action, username = form.get("action", ""), form.get("username", "").strip()
+    try:
+        if action == "create":
+            users.create_account(rt, g.user, username, form.get("password", ""), form.get("role", ""), client)
+            flash(f"Account {username} created.")
+        elif action == "deactivate":
+            users.deactivate(rt, g.user, username, client)
+            flash(f"Account {username} deactivated; its sessions and tokens ended.")
+        elif action == "reset_password":
+            users.reset_password(rt, g.user, username, form.get("password", ""), client)
+            flash(f"Password of {username} reset; its sessions and tokens ended.")
+        elif action == "revoke":
+            users.revoke(rt, g.user, username, client)
+            flash(f"Every session and token of {username} ended.")
+        else:
+            flash("Unknown account action.")
+    except DermaTriageError as exc:
+        flash(f"{exc.field + ': ' if exc.field else ''}{exc.message}")
+    return redirect(url_for("pages.admin_page"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+def change_password():
+    user = page_user()
+    if user is None:
+        return redirect(url_for("pages.login", next=request.path))
+    g.user = user
+    if request.method == "POST":
+        try:
+            users.change_password(runtime(), user, request.form.get("current_password", ""),
+                                  request.form.get("new_password", ""), client_address())
+            session.clear()
+            flash("Password changed: log in again (every other session has ended too).")
+            return redirect(url_for("pages.login"))
+        except DermaTriageError as exc:
+            flash(f"{exc.field + ': ' if exc.field else ''}{exc.message}")
+    return render_template("password.html")
 
 
 @bp.get("/admin")

@@ -81,20 +81,63 @@ def users() -> None:
     """Accounts."""
 
 
+def _password(stdin: bool) -> str:
+    """From standard input (one line) or a hidden prompt with confirmation: never from the
+    command line, where it would land in shell history and the process list."""
+    if stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise click.ClickException("no password on standard input")
+        return line
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+def _account_action(fn, *args) -> None:
+    try:
+        fn(runtime(), None, *args, "cli")
+    except DermaTriageError as exc:
+        raise click.ClickException(f"{exc.field + ': ' if exc.field else ''}{exc.message}") from exc
+
+
 @users.command("create")
 @click.option("--role", type=click.Choice(values(Role)), required=True)
 @click.option("--username", required=True)
-@click.option("--password", required=True, help="At least 8 characters.")
-def users_create(role: str, username: str, password: str) -> None:
-    from services.users import create_user
-
-    rt = runtime()
-    try:
-        with rt.transaction() as s:
-            create_user(s, username, password, role)
-    except DermaTriageError as exc:
-        raise click.ClickException(exc.message) from exc
+@click.option("--password-stdin", is_flag=True, help="Read the password (10+ characters) from stdin.")
+def users_create(role: str, username: str, password_stdin: bool) -> None:
+    """A new account; the password is prompted for (or read from stdin)."""
+    from services import users as accounts
+    _account_action(lambda rt, admin, client: accounts.create_account(
+        rt, admin, username, _password(password_stdin), role, client))
     click.echo(f"created {role} {username}")
+
+
+@users.command("deactivate")
+@click.argument("username")
+def users_deactivate(username: str) -> None:
+    """Deactivate an account: it can no longer log in; its sessions and tokens end."""
+    from services import users as accounts
+    _account_action(accounts.deactivate, username)
+    click.echo(f"deactivated {username}")
+
+
+@users.command("reset-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True)
+def users_reset_password(username: str, password_stdin: bool) -> None:
+    """Set a new password (prompted or from stdin); the account's sessions and tokens end."""
+    from services import users as accounts
+    _account_action(lambda rt, admin, client: accounts.reset_password(
+        rt, admin, username, _password(password_stdin), client))
+    click.echo(f"password of {username} reset")
+
+
+@users.command("revoke")
+@click.argument("username")
+def users_revoke(username: str) -> None:
+    """End every session and token of an account (it stays active)."""
+    from services import users as accounts
+    _account_action(accounts.revoke, username)
+    click.echo(f"every session and token of {username} ended")
 
 
 def ensure_demo_accounts(rt) -> None:
@@ -214,6 +257,17 @@ def jobs_sweep() -> None:
 @click.group()
 def audit() -> None:
     """Explanation records."""
+
+
+@audit.command("access")
+@click.option("--case", "case_id", default=None)
+@click.option("--user", "username", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True)
+def audit_access(case_id: str | None, username: str | None, limit: int) -> None:
+    """The access log (JSON lines, newest first), by case and/or by user."""
+    from services import access
+    for row in access.query(runtime(), None, case_id, username, limit=limit):
+        click.echo(json.dumps(row))
 
 
 @audit.command("verify")

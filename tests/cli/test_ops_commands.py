@@ -12,14 +12,22 @@ def test_users_create_and_errors(embedded_stack):
     env = embedded_stack.env
     runner = CliRunner()
     ok = runner.invoke(main, ["users", "create", "--role", "dermatologist", "--username", "newderm",
-                              "--password", "longenough"], env=env)
+                              "--password-stdin"], input="long enough 1\n", env=env)
     assert ok.exit_code == 0 and "created dermatologist newderm" in ok.output
-    dup = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "newderm",
-                               "--password", "longenough"], env=env)
+    prompted = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "newgp"],
+                             input="long enough 2\nlong enough 2\n", env=env)
+    assert prompted.exit_code == 0 and "long enough 2" not in prompted.output
+    dup = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "newderm", "--password-stdin"],
+                        input="long enough 1\n", env=env)
     assert dup.exit_code == 1 and "already exists" in dup.output
-    short = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "x", "--password", "short"], env=env)
-    assert short.exit_code == 1 and "at least 8" in short.output
-    bad_role = runner.invoke(main, ["users", "create", "--role", "king", "--username", "x", "--password", "longenough"], env=env)
+    short = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "x", "--password-stdin"],
+                          input="short\n", env=env)
+    assert short.exit_code == 1 and "at least 10" in short.output
+    on_the_line = runner.invoke(main, ["users", "create", "--role", "gp", "--username", "x",
+                                       "--password", "longenough"], env=env)
+    assert on_the_line.exit_code == 2                     # passwords never on the command line
+    bad_role = runner.invoke(main, ["users", "create", "--role", "king", "--username", "x", "--password-stdin"],
+                             input="longenough1\n", env=env)
     assert bad_role.exit_code == 2
 
 

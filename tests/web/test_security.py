@@ -47,7 +47,10 @@ API = [
     ("GET", "/api/v1/labelling/sets/nope/consensus", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 404, "admin1": 404, None: 401}),
     ("POST", "/api/v1/labelling/sets/nope/cases/{case}/labels", {"gp1": 403, "gp2": 403, "derm1": 422, "auditor1": 403, "admin1": 403, None: 401}),
     ("GET", "/api/v1/monitoring", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
+    ("GET", "/api/v1/audit/access", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 200, "admin1": 403, None: 401}),
     ("GET", "/healthz", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 200}),
+    # last: it ends the caller's tokens
+    ("POST", "/api/v1/auth/logout", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
 ]
 
 
@@ -85,6 +88,8 @@ PAGES = [
     ("/cases/{case}/review", {"gp1": 403, "derm1": 302, "auditor1": 403, "admin1": 403}),
     ("/labelling", {"gp1": 403, "derm1": 200, "auditor1": 200, "admin1": 200}),
     ("/monitoring", {"gp1": 403, "derm1": 200, "auditor1": 200, "admin1": 200}),
+    ("/audit/access", {"gp1": 403, "derm1": 403, "auditor1": 200, "admin1": 403}),
+    ("/account/password", {"gp1": 200, "derm1": 200, "auditor1": 200, "admin1": 200}),
 ]
 
 
