@@ -72,6 +72,7 @@ class VerifyReport:
     objects: int
     ok: bool
     first_broken: dict | None = None
+    head: tuple[int, str] | None = None       # (seq, record hash) of the last record verified
 
     def to_dict(self) -> dict:
         return {"records": self.records, "objects_checked": self.objects, "ok": self.ok,
@@ -79,16 +80,16 @@ class VerifyReport:
 
 
 def verify(session: Session, store: ObjectStore, check_objects: bool = True,
-           batch: int = 500) -> VerifyReport:
-    """Re-walk the chain from the start; stop at the first broken link or object."""
-    prev = GENESIS
+           batch: int = 500, after: tuple[int, str] = (0, GENESIS)) -> VerifyReport:
+    """Re-walk the chain from the start, or from ``after`` = (seq, record hash) of a record
+    verified before; stop at the first broken link or object."""
+    last_seq, prev = after
     count = objects = 0
-    last_seq = 0
     while True:
         rows = session.scalars(select(ExplanationRecord).where(ExplanationRecord.seq > last_seq)
                                .order_by(ExplanationRecord.seq).limit(batch)).all()
         if not rows:
-            return VerifyReport(count, objects, True)
+            return VerifyReport(count, objects, True, head=(last_seq, prev))
         for rec in rows:
             def broken(problem: str, **extra) -> VerifyReport:
                 return VerifyReport(count, objects, False,
@@ -118,3 +119,53 @@ def verify_chain(rt: Runtime, user, check_objects: bool = True) -> VerifyReport:
         permissions.require(user, permissions.VERIFY_AUDIT)
     with rt.read() as session:
         return verify(session, rt.store, check_objects=check_objects)
+
+
+def browse(rt: Runtime, user, kind: str | None = None, case_id: str | None = None,
+           model_version: str | None = None, since=None, until=None, agreement: str | None = None,
+           before: int | None = None, limit: int = 50) -> dict:
+    """The auditor's list of records, newest first, filtered; ``next`` continues it."""
+    from sqlalchemy import and_, false
+    from .models import Prediction, Review
+    from .vocabulary import RecordKind, ReviewPurpose
+
+    if user is not None:
+        permissions.require(user, permissions.VERIFY_AUDIT)
+    q = (select(ExplanationRecord, Prediction.model_name, Prediction.model_version, Review.diagnosis,
+                Review.override_reason, Review.purpose, Review.amends_id)
+         .outerjoin(Prediction, Prediction.id == ExplanationRecord.prediction_id)
+         .outerjoin(Review, Review.id == ExplanationRecord.review_id)
+         .order_by(ExplanationRecord.seq.desc()).limit(min(max(limit, 1), 500) + 1))
+    if kind:
+        q = q.where(ExplanationRecord.kind == RecordKind(kind))
+    if case_id:
+        q = q.where(ExplanationRecord.case_id == case_id)
+    if model_version:
+        q = q.where(Prediction.model_version == model_version)
+    if since:
+        q = q.where(ExplanationRecord.created_at >= since)
+    if until:
+        q = q.where(ExplanationRecord.created_at < until)
+    if agreement == "override":
+        q = q.where(and_(Review.purpose == ReviewPurpose.CLINICAL, Review.override_reason != ""))
+    elif agreement == "agree":
+        q = q.where(and_(Review.purpose == ReviewPurpose.CLINICAL, Review.override_reason == ""))
+    elif agreement:
+        q = q.where(false())
+    if before:
+        q = q.where(ExplanationRecord.seq < before)
+    with rt.read() as s:
+        rows = s.execute(q).all()
+    more = len(rows) > min(max(limit, 1), 500)
+    rows = rows[:min(max(limit, 1), 500)]
+    out = []
+    for rec, model_name, version, diagnosis, override, purpose, amends in rows:
+        item = {"seq": rec.seq, "kind": rec.kind.value, "case_id": rec.case_id,
+                "created_at": rec.created_at.isoformat(), "record_hash": rec.record_hash}
+        if rec.kind == RecordKind.EXPLANATION:
+            item["model"] = f"{model_name} {version}" if model_name else None
+        else:
+            item.update(decision=diagnosis.value if diagnosis else None, purpose=purpose.value if purpose else None,
+                        override=bool(override), amendment=amends is not None)
+        out.append(item)
+    return {"records": out, "next": out[-1]["seq"] if more else None}

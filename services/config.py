@@ -109,6 +109,14 @@ class Settings:
     batch_max: int = 16
     batch_wait_ms: float = 25.0
     queue_cache_s: float = 1.0
+    # The Ed25519 key that signs audit checkpoints: a file the database cannot reach (and its
+    # administrators cannot read), created on first use on the embedded default.
+    audit_key_file: Path | None = None
+    # Every checkpoint is also appended here (ship it to write-once storage): with the key,
+    # the evidence that survives someone who can rewrite the whole database.
+    checkpoint_log: Path | None = None
+    audit_public_key_file: Path | None = None   # verifiers need only this (AUDIT_PUBLIC_KEY_FILE)
+    checkpoint_interval_s: float = 300.0
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
@@ -131,6 +139,11 @@ class Settings:
             batch_max=int(env.get("BATCH_MAX", 16)),
             batch_wait_ms=float(env.get("BATCH_WAIT_MS", 25)),
             queue_cache_s=float(env.get("QUEUE_CACHE_S", 1.0)),
+            audit_key_file=Path(env.get("AUDIT_SIGNING_KEY_FILE", base / "keys" / "audit-ed25519.pem")),
+            checkpoint_log=Path(env.get("AUDIT_CHECKPOINT_LOG", base / "keys" / "checkpoints.jsonl")),
+            checkpoint_interval_s=float(env.get("CHECKPOINT_INTERVAL_S", 300)),
+            audit_public_key_file=(Path(env["AUDIT_PUBLIC_KEY_FILE"]) if env.get("AUDIT_PUBLIC_KEY_FILE")
+                                   else None),
         )
         settings.validate()
         return settings

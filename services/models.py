@@ -338,3 +338,29 @@ class LabellingSetReader(Base):
 
     set_id: Mapped[str] = mapped_column(ForeignKey("labelling_sets.id"), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+
+
+class AuditCheckpoint(Base):
+    """A signed head of the audit chain (services/checkpoints.py); append-only."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    records: Mapped[int] = mapped_column(Integer)
+    signed_at: Mapped[str] = mapped_column(String(40))     # ISO text, exactly as signed
+    key_id: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[str] = mapped_column(String(128))    # base64 Ed25519
+
+
+class AuditVerification(Base):
+    """How far the chain verified last (so a page view verifies only what came since)."""
+
+    __tablename__ = "audit_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    full: Mapped[bool] = mapped_column(Boolean)
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)

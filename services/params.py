@@ -49,3 +49,16 @@ def whole_number(form: Mapping, name: str, empty: int | None = None) -> int | No
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise ValidationError(f"{name} must be a whole number (digits 0-9)", name)
     return int(raw)
+
+
+def date(form: Mapping, name: str):
+    """An ISO date or date-time (UTC when no zone is given), or None when absent."""
+    from datetime import datetime, timezone
+    raw = _raw(form, name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an ISO date such as 2026-12-01 or 2026-12-01T08:00", name) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -148,6 +148,13 @@ class RecordKind(StrEnum):
     REVIEW = "review"             # one human decision (or amendment) on a case
 
 
+class Agreement(StrEnum):
+    """A clinical review against the AI's diagnosis (the auditor's filter)."""
+
+    AGREE = "agree"
+    OVERRIDE = "override"
+
+
 class AccessAction(StrEnum):
     """What the access log records: reads of patient data, and account actions."""
 

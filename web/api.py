@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import access, audit, cases, labelling, monitoring, params, permissions, queue, reviews, users
+from services import access, audit, cases, checkpoints, labelling, monitoring, params, permissions, queue, reviews, users
 from services.errors import Unauthorized, ValidationError
-from services.vocabulary import AccessAction
+from services.vocabulary import AccessAction, Agreement, RecordKind
 
 from .auth import api_login_required, client_address, logged, runtime
 
@@ -242,7 +242,50 @@ def api_logout():
 @bp.get("/audit/verify")
 @api_login_required(permissions.VERIFY_AUDIT)
 def verify():
-    return jsonify(audit.verify_chain(runtime(), g.user).to_dict())
+    """Incremental (since the last verified head) unless ``?full=true``; checkpoints always."""
+    return jsonify(checkpoints.verify(runtime(), g.user, full=params.flag(request.args, "full")))
+
+
+@bp.get("/audit/records")
+@api_login_required(permissions.VERIFY_AUDIT)
+def audit_records():
+    """``?kind=explanation|review&case_id=&model_version=&since=&until=&agreement=agree|override
+    &before=SEQ&limit=``, newest first; ``next`` is the ``before`` of the next page."""
+    a = request.args
+    return jsonify(audit.browse(runtime(), g.user, kind=params.choice(a, "kind", RecordKind),
+                                case_id=a.get("case_id") or None, model_version=a.get("model_version") or None,
+                                since=params.date(a, "since"), until=params.date(a, "until"),
+                                agreement=params.choice(a, "agreement", Agreement),
+                                before=params.whole_number(a, "before"),
+                                limit=params.whole_number(a, "limit", 50)))
+
+
+@bp.get("/audit/records/<int:seq>")
+@api_login_required(permissions.VERIFY_AUDIT)
+def audit_record(seq):
+    return jsonify(checkpoints.get_record(runtime(), g.user, seq))
+
+
+@bp.get("/audit/export")
+@api_login_required(permissions.VERIFY_AUDIT)
+def audit_export():
+    """The self-contained bundle (zip): records.jsonl, checkpoints.jsonl, public_key.pem."""
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit-bundle.zip"
+        checkpoints.export_bundle(runtime(), g.user, path)
+        data = path.read_bytes()
+    access.record(runtime(), g.user, AccessAction.EXPORT, client_address(), subject="audit bundle")
+    return Response(data, mimetype="application/zip",
+                    headers={"Content-Disposition": "attachment; filename=dermatriage-audit-bundle.zip"})
+
+
+@bp.get("/audit/public-key")
+def audit_public_key():
+    """The checkpoints' verification key (PEM), for anyone: compare it with the one the
+    operator published before trusting a bundle."""
+    return Response(checkpoints.public_pem(checkpoints.public_key(runtime())), mimetype="application/x-pem-file")
 
 
 def init_app(app: Flask) -> None:

@@ -7,7 +7,8 @@ from urllib.parse import unquote, urlsplit
 from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect, render_template,
                    request, session, url_for)
 
-from services import access, audit, cases, labelling, monitoring, permissions, queue, reviews, users
+from services import (access, audit, cases, checkpoints, labelling, monitoring, params, permissions, queue,
+                      reviews, users)
 from services.errors import DermaTriageError
 from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, AccessAction, BodySite, Diagnosis, Management,
                                  RiskTier, Role, values)
@@ -331,7 +332,24 @@ def monitoring_page():
 @bp.get("/audit")
 @login_required(permissions.VERIFY_AUDIT)
 def audit_page():
-    return render_template("audit.html", report=audit.verify_chain(runtime(), g.user).to_dict())
+    """The auditor's workbench: the chain verified since the last verified head (a full walk
+    on request), the records filtered and paged, newest first."""
+    from services.vocabulary import Agreement, RecordKind
+    rt, a = runtime(), request.args
+    report = checkpoints.verify(rt, g.user, full=params.flag(a, "full"))
+    filters = {"kind": params.choice(a, "kind", RecordKind), "case_id": a.get("case_id") or None,
+               "model_version": a.get("model_version") or None, "since": params.date(a, "since"),
+               "until": params.date(a, "until"), "agreement": params.choice(a, "agreement", Agreement)}
+    page = audit.browse(rt, g.user, **filters, before=params.whole_number(a, "before"))
+    next_url = (url_for("pages.audit_page", **{**a.to_dict(), "before": page["next"]}) if page["next"] else None)
+    return render_template("audit.html", report=report, records=page["records"], next_url=next_url,
+                           args=a.to_dict())
+
+
+@bp.get("/audit/records/<int:seq>")
+@login_required(permissions.VERIFY_AUDIT)
+def audit_record(seq):
+    return render_template("audit_record.html", record=checkpoints.get_record(runtime(), g.user, seq))
 
 
 @bp.get("/audit/access")

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from services import jobs
+from services import checkpoints, jobs
 from services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class Periodic:
 
 PERIODIC = (
     Periodic("outbox sweep", lambda rt: rt.settings.sweep_interval_s, jobs.sweep),
+    Periodic("audit checkpoint", lambda rt: rt.settings.checkpoint_interval_s, checkpoints.periodic_checkpoint),
 )
 
 

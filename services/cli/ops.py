@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -271,18 +272,78 @@ def audit_access(case_id: str | None, username: str | None, limit: int) -> None:
 
 
 @audit.command("verify")
-@click.option("--skip-objects", is_flag=True, help="Check the hash chain only, not the map objects.")
+@click.option("--skip-objects", is_flag=True, help="Check the hash chain only, not the stored objects.")
+@click.option("--incremental", is_flag=True, help="Only the records since the last verified head.")
 @click.option("--json", "as_json", is_flag=True)
-def audit_verify(skip_objects: bool, as_json: bool) -> None:
-    """Re-walk the hash chain and the stored maps; exit 1 at the first broken link."""
-    from services import audit as chain
-    report = chain.verify_chain(runtime(), None, check_objects=not skip_objects)
+def audit_verify(skip_objects: bool, incremental: bool, as_json: bool) -> None:
+    """Re-walk the hash chain and its objects and check every signed checkpoint; exit 1 on
+    the first broken link, object or checkpoint."""
+    from services import checkpoints
+    report = checkpoints.verify(runtime(), None, full=not incremental, check_objects=not skip_objects)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    elif report.ok:
-        click.echo(f"OK: {report.records} records, {report.objects} map objects verified")
+        click.echo(json.dumps(report, indent=2))
+    elif report["ok"]:
+        click.echo(f"OK: {report['records_walked']} records, {report['objects_checked']} objects verified, "
+                   f"{report['checkpoints']} checkpoints")
     else:
-        b = report.first_broken
-        click.echo(f"BROKEN at record {b['seq']} (case {b['case_id']}): {b['problem']}")
-    if not report.ok:
+        b = report["first_broken"]
+        if b:
+            click.echo(f"BROKEN at record {b['seq']} (case {b['case_id']}): {b['problem']}")
+        for problem in report["problems"]:
+            click.echo(f"BROKEN: {problem}")
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@audit.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the chain's head now (the workers also do it every CHECKPOINT_INTERVAL_S)."""
+    from services import checkpoints
+    try:
+        click.echo(json.dumps(checkpoints.make_checkpoint(runtime())))
+    except DermaTriageError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@audit.command("keygen")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+def audit_keygen(out: Path) -> None:
+    """A new Ed25519 signing key (PEM, mode 600) for AUDIT_SIGNING_KEY_FILE; prints the public key."""
+    from services import checkpoints
+    if out.exists():
+        raise click.ClickException(f"{out} exists; refusing to overwrite a signing key")
+    checkpoints.generate_key(out)
+    from cryptography.hazmat.primitives import serialization
+    key = serialization.load_pem_private_key(out.read_bytes(), password=None)
+    click.echo(checkpoints.public_pem(key).decode(), nl=False)
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """The checkpoints' verification key (PEM): publish it where auditors can fetch it."""
+    from services import checkpoints
+    click.echo(checkpoints.public_pem(checkpoints.public_key(runtime())).decode(), nl=False)
+
+
+@audit.command("export")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+def audit_export(out: Path) -> None:
+    """A self-contained bundle (zip: records.jsonl, checkpoints.jsonl, public_key.pem)."""
+    from services import checkpoints
+    click.echo(json.dumps(checkpoints.export_bundle(runtime(), None, out)))
+
+
+@audit.command("verify-bundle")
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--public-key", "key_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="The public key, obtained independently of the bundle.")
+def audit_verify_bundle(bundle: Path, key_file: Path) -> None:
+    """Verify an exported bundle offline: no database, no object store, only the public key."""
+    from services import checkpoints
+    try:
+        report = checkpoints.verify_bundle(bundle, key_file.read_bytes())
+    except (ValueError, KeyError, OSError) as exc:
+        raise click.ClickException(f"cannot read the bundle or the key: {exc}") from exc
+    click.echo(json.dumps(report, indent=2))
+    if not report["ok"]:
         sys.exit(1)

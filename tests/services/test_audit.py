@@ -57,7 +57,7 @@ def test_altered_record_is_reported_by_the_cli(full_stack):
     runner = CliRunner()
     env = full_stack.env
     ok = runner.invoke(main, ["audit", "verify"], env=env)
-    assert ok.exit_code == 0 and "OK: 3 records, 3 map objects" in ok.output
+    assert ok.exit_code == 0 and "OK: 3 records, 3 objects verified" in ok.output
     with rt.engine.begin() as c:
         c.execute(text("ALTER TABLE explanation_records DISABLE TRIGGER explanation_records_no_change"))
         c.execute(text("UPDATE explanation_records SET payload = replace(payload, '0.1', '0.9') WHERE seq = 2"))

@@ -1,0 +1,69 @@
+"""Signed checkpoints of the audit chain, and the auditors' verification marks.
+
+audit_checkpoints: the chain's head (sequence number, record hash, record count) signed with
+an Ed25519 key that lives outside the database; a truncation or a consistent rewrite of the
+chain no longer matches a signed head. audit_verifications: how far the chain was last
+verified, so a page view verifies only what was added since. Both append-only.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-04
+"""
+from alembic import op
+import sqlalchemy as sa
+
+from services.models import UTCDateTime
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+TABLES = ("audit_checkpoints", "audit_verifications")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "audit_checkpoints",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("head_hash", sa.String(64), nullable=False),
+        sa.Column("records", sa.Integer, nullable=False),
+        sa.Column("signed_at", sa.String(40), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("signature", sa.String(128), nullable=False),
+    )
+    op.create_table(
+        "audit_verifications",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("head_hash", sa.String(64), nullable=False),
+        sa.Column("full", sa.Boolean, nullable=False),
+        sa.Column("verified_at", UTCDateTime(), nullable=False),
+    )
+    for table in TABLES:
+        message = f"{table} is append-only"
+        if op.get_context().dialect.name == "postgresql":
+            op.execute(f"""
+                CREATE FUNCTION {table}_append_only() RETURNS trigger AS $$
+                BEGIN
+                    RAISE EXCEPTION '{message}';
+                END;
+                $$ LANGUAGE plpgsql""")
+            op.execute(f"""CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+                           FOR EACH ROW EXECUTE FUNCTION {table}_append_only()""")
+            op.execute(f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+                           FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()""")
+        else:
+            for action in ("UPDATE", "DELETE"):
+                op.execute(f"""CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table}
+                               BEGIN SELECT RAISE(ABORT, '{message}'); END""")
+
+
+def downgrade() -> None:
+    for table in TABLES:
+        if op.get_context().dialect.name == "postgresql":
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}")
+            op.execute(f"DROP FUNCTION IF EXISTS {table}_append_only()")
+        op.drop_table(table)
