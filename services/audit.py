@@ -166,6 +166,6 @@ def browse(rt: Runtime, user, kind: str | None = None, case_id: str | None = Non
             item["model"] = f"{model_name} {version}" if model_name else None
         else:
             item.update(decision=diagnosis.value if diagnosis else None, purpose=purpose.value if purpose else None,
-                        override=bool(override), amendment=amends is not None)
+                        override=bool(override), amendment=amends is not None)   # a reason = an override
         out.append(item)
     return {"records": out, "next": out[-1]["seq"] if more else None}

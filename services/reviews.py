@@ -21,7 +21,7 @@ import hashlib
 import io
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -310,6 +310,9 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
     if (purpose == ReviewPurpose.CLINICAL and agreed is not None and not agreed["diagnosis"]
             and not decision.override_reason):
         raise ValidationError("overriding the AI's diagnosis needs a reason", "override_reason")
+    if purpose != ReviewPurpose.CLINICAL or agreed is None or agreed["diagnosis"]:
+        # A reason is the record of an override; text sent with anything else is not one.
+        decision = replace(decision, override_reason="")
     if agreed is not None and decision.regions:
         maps = _map_array(rt, pred)
         if maps is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from services.diagnosis.engine import Engine
 
-from tests.factories import analysed_case, mask_data_url, review_body, small_model_file, token_for
+from tests.factories import analysed_case, login, mask_data_url, review_body, small_model_file, token_for
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,10 @@ def test_agreement_overrides_regions_and_review_times(embedded_stack, small_engi
     times = report["review_times"]
     assert sum(t["reviewed"] for t in times.values()) == 4
     assert all(t["sla_breaches"] == 0 for t in times.values())
+    page = login(stack.app(), "derm1").get("/monitoring")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "reliability of BCC probability" in html and "override rate 25%" in html and "not what I see" in html
     rows = list(csv.DictReader(io.StringIO(c.get("/api/v1/monitoring?format=csv", headers=admin)
                                           .get_data(as_text=True))))
     assert {"model": name, "section": "summary", "name": "", "metric": "override_rate", "value": "0.25"} in rows
