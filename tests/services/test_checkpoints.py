@@ -4,7 +4,6 @@ auditor's incremental verification, workbench and offline bundle."""
 import json
 import zipfile
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 

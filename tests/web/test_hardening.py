@@ -9,7 +9,6 @@ from PIL import Image, ImageCms
 from sqlalchemy import text
 
 from services import images
-from services.vocabulary import Role
 
 from tests.factories import CASE_FIELDS, PASSWORD, encode, login, post_case, token_for
 

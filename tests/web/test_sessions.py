@@ -1,6 +1,5 @@
 """Sessions that end, throttled logins, account management and the access log (issue 10)."""
 
-import threading
 from datetime import timedelta
 
 import pytest
