@@ -102,12 +102,7 @@ def get_set(rt: Runtime, user: User | None, ref: str) -> dict:
     which of them they have labelled (never what others said)."""
     with rt.read() as session:
         lset = _find(session, ref)
-        reader_rows = session.execute(select(User.id, User.username).join(
-            LabellingSetReader, LabellingSetReader.user_id == User.id)
-            .where(LabellingSetReader.set_id == lset.id).order_by(User.username)).all()
-        case_ids = sorted(session.scalars(select(LabellingSetCase.case_id)
-                                          .where(LabellingSetCase.set_id == lset.id)))
-        heads = _heads(session, lset.id)
+        reader_rows, case_ids, heads = _contents(session, lset.id)
         out = {"id": lset.id, "name": lset.name, "blind_to_ai": lset.blind_to_ai, "cases": case_ids}
         if user is None or user.role in (Role.ADMIN, Role.AUDITOR):
             out["readers"] = [{"username": name, "labelled": sum(1 for (c, r) in heads if r == uid)}
@@ -129,6 +124,15 @@ def list_sets(rt: Runtime, user: User) -> list[dict]:
             raise Forbidden("only dermatologists, administrators and auditors see labelling sets")
         ids = [s.id for s in session.scalars(query)]
     return [get_set(rt, user, i) for i in ids]
+
+
+def _contents(session, set_id: str):
+    """(reader id, username) by name, case ids sorted, and each reader's current labels."""
+    readers = session.execute(select(User.id, User.username).join(
+        LabellingSetReader, LabellingSetReader.user_id == User.id)
+        .where(LabellingSetReader.set_id == set_id).order_by(User.username)).all()
+    case_ids = sorted(session.scalars(select(LabellingSetCase.case_id).where(LabellingSetCase.set_id == set_id)))
+    return readers, case_ids, _heads(session, set_id)
 
 
 def _heads(session, set_id: str) -> dict[tuple[str, int], Review]:
@@ -191,12 +195,7 @@ def consensus(rt: Runtime, user: User | None, ref: str) -> dict:
         raise Forbidden("only administrators and auditors see the merged labels of a set")
     with rt.read() as session:
         lset = _find(session, ref)
-        readers = session.execute(select(User.id, User.username).join(
-            LabellingSetReader, LabellingSetReader.user_id == User.id)
-            .where(LabellingSetReader.set_id == lset.id).order_by(User.username)).all()
-        case_ids = sorted(session.scalars(select(LabellingSetCase.case_id)
-                                          .where(LabellingSetCase.set_id == lset.id)))
-        heads = _heads(session, lset.id)
+        readers, case_ids, heads = _contents(session, lset.id)
         info = {"id": lset.id, "name": lset.name}
     col = {uid: j for j, (uid, _) in enumerate(readers)}
     row = {cid: i for i, cid in enumerate(case_ids)}

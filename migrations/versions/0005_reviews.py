@@ -12,6 +12,7 @@ which drops its triggers: they are created again below, with the same text as 00
 from alembic import op
 import sqlalchemy as sa
 
+from migrations import append_only
 from services.models import UTCDateTime
 
 revision = "0005"
@@ -25,8 +26,6 @@ WAITING = "status IN ('analysed', 'analysis_failed') AND claimed_by IS NULL"
 KIND = "kind IN ('explanation', 'review')"
 SUBJECT = ("(kind = 'explanation') = (prediction_id IS NOT NULL) AND "
            "(kind = 'review') = (review_id IS NOT NULL)")
-RECORDS_MESSAGE = "explanation_records is append-only"
-REVIEWS_MESSAGE = "reviews is append-only"
 
 
 def _sqlite() -> bool:
@@ -46,29 +45,6 @@ def _waiting_indexes(create: bool) -> None:
     else:
         op.drop_index("ix_cases_waiting_risk", table_name="cases")
         op.drop_index("ix_cases_waiting_deadline", table_name="cases")
-
-
-def _sqlite_append_only(table: str, message: str) -> None:
-    for action in ("UPDATE", "DELETE"):
-        op.execute(f"""
-            CREATE TRIGGER {table}_no_{action.lower()}
-            BEFORE {action} ON {table}
-            BEGIN SELECT RAISE(ABORT, '{message}'); END""")
-
-
-def _postgres_append_only(table: str, message: str) -> None:
-    op.execute(f"""
-        CREATE FUNCTION {table}_append_only() RETURNS trigger AS $$
-        BEGIN
-            RAISE EXCEPTION '{message}';
-        END;
-        $$ LANGUAGE plpgsql""")
-    op.execute(f"""
-        CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
-        FOR EACH ROW EXECUTE FUNCTION {table}_append_only()""")
-    op.execute(f"""
-        CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
-        FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()""")
 
 
 def upgrade() -> None:
@@ -95,10 +71,9 @@ def upgrade() -> None:
         batch.create_check_constraint("ck_explanation_records_subject", SUBJECT)
     with op.batch_alter_table("explanation_records") as batch:
         batch.alter_column("kind", existing_type=sa.String(20), server_default=None)
-    if sqlite:
-        op.execute("DROP TRIGGER IF EXISTS explanation_records_no_update")
-        op.execute("DROP TRIGGER IF EXISTS explanation_records_no_delete")
-        _sqlite_append_only("explanation_records", RECORDS_MESSAGE)
+    if sqlite:      # the batch rebuilt the table without its triggers
+        append_only.drop("explanation_records")
+        append_only.create("explanation_records")
 
     op.create_table(
         "labelling_sets",
@@ -149,10 +124,7 @@ def upgrade() -> None:
         sa.CheckConstraint("(purpose = 'labelling') = (labelling_set_id IS NOT NULL)", name="ck_reviews_set"),
     )
     op.create_index("ix_reviews_case_created", "reviews", ["case_id", "created_at"])
-    if sqlite:
-        _sqlite_append_only("reviews", REVIEWS_MESSAGE)
-    else:
-        _postgres_append_only("reviews", REVIEWS_MESSAGE)
+    append_only.create("reviews")
 
 
 def downgrade() -> None:
@@ -163,10 +135,7 @@ def downgrade() -> None:
         # The 0004 chain has no place for human decisions, and the chain is append-only.
         raise RuntimeError(f"{reviewed} review records are in the audit chain: downgrading past 0005 "
                            "would have to delete them; restore a backup from before 0005 instead")
-    if not sqlite:
-        op.execute("DROP TRIGGER IF EXISTS reviews_no_truncate ON reviews")
-        op.execute("DROP TRIGGER IF EXISTS reviews_no_change ON reviews")
-        op.execute("DROP FUNCTION IF EXISTS reviews_append_only()")
+    append_only.drop("reviews")
     op.drop_index("ix_reviews_case_created", table_name="reviews")
     for table in ("reviews", "labelling_set_readers", "labelling_set_cases", "labelling_sets"):
         op.drop_table(table)
@@ -177,10 +146,9 @@ def downgrade() -> None:
         batch.alter_column("prediction_id", existing_type=sa.String(32), nullable=False)
         batch.drop_column("review_id")
         batch.drop_column("kind")
-    if sqlite:
-        op.execute("DROP TRIGGER IF EXISTS explanation_records_no_update")
-        op.execute("DROP TRIGGER IF EXISTS explanation_records_no_delete")
-        _sqlite_append_only("explanation_records", RECORDS_MESSAGE)
+    if sqlite:      # the batch rebuilt the table without its triggers
+        append_only.drop("explanation_records")
+        append_only.create("explanation_records")
     with op.batch_alter_table("predictions") as batch:
         batch.drop_column("map_array")
     if sqlite:

@@ -12,15 +12,13 @@ Create Date: 2026-12-04
 from alembic import op
 import sqlalchemy as sa
 
+from migrations import append_only
 from services.models import UTCDateTime
 
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
-
-MESSAGE = "access_log is append-only"
-
 
 def upgrade() -> None:
     with op.batch_alter_table("users") as batch:
@@ -45,28 +43,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_access_log_case_at", "access_log", ["case_id", "at"])
     op.create_index("ix_access_log_user_at", "access_log", ["username", "at"])
-    if op.get_context().dialect.name == "postgresql":
-        op.execute(f"""
-            CREATE FUNCTION access_log_append_only() RETURNS trigger AS $$
-            BEGIN
-                RAISE EXCEPTION '{MESSAGE}';
-            END;
-            $$ LANGUAGE plpgsql""")
-        op.execute("""CREATE TRIGGER access_log_no_change BEFORE UPDATE OR DELETE ON access_log
-                      FOR EACH ROW EXECUTE FUNCTION access_log_append_only()""")
-        op.execute("""CREATE TRIGGER access_log_no_truncate BEFORE TRUNCATE ON access_log
-                      FOR EACH STATEMENT EXECUTE FUNCTION access_log_append_only()""")
-    else:
-        for action in ("UPDATE", "DELETE"):
-            op.execute(f"""CREATE TRIGGER access_log_no_{action.lower()} BEFORE {action} ON access_log
-                           BEGIN SELECT RAISE(ABORT, '{MESSAGE}'); END""")
-
+    append_only.create("access_log")
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS access_log_no_truncate ON access_log")
-        op.execute("DROP TRIGGER IF EXISTS access_log_no_change ON access_log")
-        op.execute("DROP FUNCTION IF EXISTS access_log_append_only()")
+    append_only.drop("access_log")
     op.drop_index("ix_access_log_user_at", table_name="access_log")
     op.drop_index("ix_access_log_case_at", table_name="access_log")
     op.drop_table("access_log")

@@ -12,6 +12,7 @@ Create Date: 2026-12-04
 from alembic import op
 import sqlalchemy as sa
 
+from migrations import append_only
 from services.models import UTCDateTime
 
 revision = "0008"
@@ -42,28 +43,9 @@ def upgrade() -> None:
         sa.Column("verified_at", UTCDateTime(), nullable=False),
     )
     for table in TABLES:
-        message = f"{table} is append-only"
-        if op.get_context().dialect.name == "postgresql":
-            op.execute(f"""
-                CREATE FUNCTION {table}_append_only() RETURNS trigger AS $$
-                BEGIN
-                    RAISE EXCEPTION '{message}';
-                END;
-                $$ LANGUAGE plpgsql""")
-            op.execute(f"""CREATE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
-                           FOR EACH ROW EXECUTE FUNCTION {table}_append_only()""")
-            op.execute(f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
-                           FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()""")
-        else:
-            for action in ("UPDATE", "DELETE"):
-                op.execute(f"""CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table}
-                               BEGIN SELECT RAISE(ABORT, '{message}'); END""")
-
+        append_only.create(table)
 
 def downgrade() -> None:
     for table in TABLES:
-        if op.get_context().dialect.name == "postgresql":
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_change ON {table}")
-            op.execute(f"DROP FUNCTION IF EXISTS {table}_append_only()")
+        append_only.drop(table)
         op.drop_table(table)
