@@ -33,6 +33,7 @@ def test_review_page_round_trip(embedded_stack, small_engine, ham_jpegs):
     page = derm.get(f"/cases/{case_id}/review").get_data(as_text=True)
     assert 'id="viewer"' in page and "crop.png" in page and 'id="opacity"' in page and 'id="original"' in page
     assert page.count("<canvas") == 7 and "review.js" in page
+    assert "Images as sent" in page and "On lesion" in page
     assert derm.get("/static/review.js").status_code == 200
     ai_bcc = "(BCC)" in page.split("The AI said")[1].split("</p>")[0]
     other = "nv" if ai_bcc else "bcc"
