@@ -4,8 +4,8 @@
   field named) before it reaches a use case: PostgreSQL cannot store one and would fail late.
 - JSON nested deeper than any of our bodies (MAX_JSON_DEPTH) is refused, as is JSON that
   does not parse, instead of failing inside the parser.
-- Every response carries a Content-Security-Policy (our own scripts and styles only; no
-  framing), nosniff, no referrer; patient data is never cached (Cache-Control: no-store on
+- Every page carries a Content-Security-Policy (our own scripts and styles only; no
+  framing); every response nosniff, no referrer, no framing; patient data is never cached (Cache-Control: no-store on
   everything but the static files); HSTS in production.
 """
 
@@ -84,7 +84,10 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def headers(response):
-        response.headers.setdefault("Content-Security-Policy", CSP)
+        if response.mimetype == "text/html":
+            # Pages only: an image opened on its own is shown by the browser's own viewer page,
+            # whose inline styles a policy would block (and an image runs nothing anyway).
+            response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"

@@ -162,3 +162,66 @@ def test_gp_submits_dermatologist_reviews_gp_reads(live_server, browser, ham_jpe
     gp.goto(f"{base}/cases")
     assert "new answer" not in gp.content()
     assert all(p.stat().st_size > 10_000 for p in shots)
+
+
+CSP_WATCH = ("window.__csp = [];"
+             "document.addEventListener('securitypolicyviolation',"
+             " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+def test_every_page_loads_without_a_csp_violation(live_server, browser, ham_jpegs, tmp_path):
+    """The Content-Security-Policy admits only our own script and stylesheet: every page, for
+    every role, must work within it (no inline script or style, nothing from elsewhere)."""
+    from services import checkpoints
+    from tests.factories import analysed_case, mask_data_url, review_body, token_for
+
+    base, stack = live_server
+    engine = Engine.load(small_model_file(tmp_path), "cpu")
+    case_id = analysed_case(stack, engine, ham_jpegs[:1])
+    claimed = analysed_case(stack, engine, ham_jpegs[1:2])
+    api = stack.app().test_client()
+    derm = token_for(api, "derm1")
+    api.post(f"/api/v1/cases/{case_id}/claim", headers=derm)
+    state = api.get(f"/api/v1/cases/{case_id}/review", headers=derm).json
+    size = state["region_size"]
+    body = review_body(diagnosis="bcc" if state["ai"]["says_bcc"] else "nv",
+                       patterns={**review_body()["patterns"], "AT": "present"},
+                       regions={"AT": mask_data_url(size, (2, 2, size // 2, size // 2))})
+    review = api.post(f"/api/v1/cases/{case_id}/review", json=body, headers=derm).json
+    api.post(f"/api/v1/cases/{claimed}/claim", headers=derm)
+    lset = api.post("/api/v1/labelling/sets", json={"name": "csp", "readers": ["derm1", "derm2"],
+                                                    "cases": [case_id]}, headers=token_for(api, "admin1")).json
+    checkpoints.make_checkpoint(stack.runtime())
+    pages = {
+        "gp1": ["/cases", "/cases/new", f"/cases/{case_id}", "/account/password"],
+        "derm1": ["/queue", f"/cases/{case_id}", f"/cases/{case_id}/review", f"/cases/{claimed}/review",
+                  "/labelling", f"/labelling/{lset['id']}", f"/labelling/{lset['id']}/cases/{case_id}",
+                  "/monitoring", f"/cases/{case_id}/reviews/{review['id']}/regions/AT.png"],
+        "auditor1": ["/audit", "/audit?full=true", "/audit/records/1", "/audit/access", f"/cases/{case_id}"],
+        "admin1": ["/admin", "/labelling", f"/labelling/{lset['id']}", "/monitoring"],
+        None: ["/login"],
+    }
+    seen = 0
+    for user, paths in pages.items():
+        page = browser.new_page()
+        page.add_init_script(CSP_WATCH)
+        console = []
+        page.on("console", lambda m, console=console: console.append(m.text))
+        if user:
+            page.goto(f"{base}/login")
+            page.fill("input[name=username]", user)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button:has-text('Log in')")
+            page.wait_for_url(lambda url: "/login" not in url)
+        for path in paths:
+            response = page.goto(base + path)
+            page.wait_for_load_state("networkidle")
+            assert response.status == 200, (user, path, response.status)
+            if not path.endswith(".png"):
+                assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            violations = page.evaluate("window.__csp || []")
+            assert violations == [], (user, path, violations)
+            seen += 1
+        assert not [m for m in console if "Content Security Policy" in m], (user, console)
+        page.close()
+    assert seen == sum(len(p) for p in pages.values())
