@@ -80,36 +80,42 @@ class VerifyReport:
 
 
 def verify(session: Session, store: ObjectStore, check_objects: bool = True,
-           batch: int = 500, after: tuple[int, str] = (0, GENESIS)) -> VerifyReport:
+           batch: int = 5000, after: tuple[int, str] = (0, GENESIS)) -> VerifyReport:
     """Re-walk the chain from the start, or from ``after`` = (seq, record hash) of a record
-    verified before; stop at the first broken link or object."""
+    verified before; stop at the first broken link or object.
+
+    Reads plain columns in large keyset batches (no ORM objects) and hashes bytes directly:
+    on a million records the walk is bound by reading the payloads, not by Python."""
     last_seq, prev = after
     count = objects = 0
+    sha256 = hashlib.sha256
+    columns = (ExplanationRecord.seq, ExplanationRecord.case_id, ExplanationRecord.prev_hash,
+               ExplanationRecord.payload, ExplanationRecord.record_hash)
     while True:
-        rows = session.scalars(select(ExplanationRecord).where(ExplanationRecord.seq > last_seq)
+        rows = session.execute(select(*columns).where(ExplanationRecord.seq > last_seq)
                                .order_by(ExplanationRecord.seq).limit(batch)).all()
         if not rows:
             return VerifyReport(count, objects, True, head=(last_seq, prev))
-        for rec in rows:
+        for seq, case_id, prev_hash, payload, record_hash in rows:
             def broken(problem: str, **extra) -> VerifyReport:
                 return VerifyReport(count, objects, False,
-                                    {"seq": rec.seq, "case_id": rec.case_id, "problem": problem, **extra})
-            if rec.prev_hash != prev:
+                                    {"seq": seq, "case_id": case_id, "problem": problem, **extra})
+            if prev_hash != prev:
                 return broken("prev_hash does not match the previous record's hash",
-                              expected=prev, found=rec.prev_hash)
-            if chain_hash(rec.prev_hash, rec.payload) != rec.record_hash:
+                              expected=prev, found=prev_hash)
+            if sha256((prev_hash + payload).encode()).hexdigest() != record_hash:
                 return broken("record_hash does not match its content")
             if check_objects:
-                for what, ref in stored_objects(json.loads(rec.payload)):
+                for what, ref in stored_objects(json.loads(payload)):
                     try:
                         data = store.get(ref["key"])
                     except StorageError as exc:
                         return broken(f"{what} missing: {exc}", key=ref["key"])
-                    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+                    if sha256(data).hexdigest() != ref["sha256"]:
                         return broken(f"{what} altered", key=ref["key"])
                     objects += 1
-            prev = rec.record_hash
-            last_seq = rec.seq
+            prev = record_hash
+            last_seq = seq
             count += 1
 
 

@@ -186,41 +186,50 @@ def verify(rt: Runtime, user, full: bool = False, check_objects: bool = True) ->
     pub = public_key(rt)
     problems: list[str] = []
     with rt.read() as s:
-        cps = [_as_dict(c) for c in s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))]
-        count = s.scalar(select(func.count()).select_from(ExplanationRecord))
-        for cp in cps:
-            if not signature_ok(pub, cp):
-                problems.append(f"checkpoint at record {cp['seq']}: the signature does not verify")
-            rec = s.get(ExplanationRecord, cp["seq"])
-            if rec is None:
-                problems.append(f"record {cp['seq']}, signed at {cp['signed_at']}, is missing (truncated?)")
-            elif rec.record_hash != cp["head_hash"]:
-                problems.append(f"record {cp['seq']} differs from the head signed at {cp['signed_at']} "
+        mark = None if full else s.scalar(select(AuditVerification).order_by(AuditVerification.id.desc())
+                                          .limit(1))
+        rows = s.execute(select(AuditCheckpoint, ExplanationRecord.record_hash)
+                         .outerjoin(ExplanationRecord, ExplanationRecord.seq == AuditCheckpoint.seq)
+                         .order_by(AuditCheckpoint.seq)).all()
+        cps = [_as_dict(c) for c, _ in rows]
+        head_seq = s.scalar(select(func.max(ExplanationRecord.seq))) or 0
+        for (cp, found), d in zip(rows, cps):
+            # Signatures: all of them in a full check, those since the last one otherwise.
+            if (full or mark is None or cp.id > mark.checkpoints_seen) and not signature_ok(pub, d):
+                problems.append(f"checkpoint at record {cp.seq}: the signature does not verify")
+            if found is None:
+                problems.append(f"record {cp.seq}, signed at {cp.signed_at}, is missing (truncated?)")
+            elif found != cp.head_hash:
+                problems.append(f"record {cp.seq} differs from the head signed at {cp.signed_at} "
                                 "(rewritten?)")
-        if cps and count < cps[-1]["records"]:
-            problems.append(f"the chain holds {count} records; {cps[-1]['records']} were signed")
+        if full and cps:
+            count = s.scalar(select(func.count()).select_from(ExplanationRecord).where(
+                ExplanationRecord.seq <= cps[-1]["seq"]))
+            if count != cps[-1]["records"]:
+                problems.append(f"the chain holds {count} records up to record {cps[-1]['seq']}; "
+                                f"{cps[-1]['records']} were signed")
+        last_cp_id = max((c.id for c, _ in rows), default=0)
         in_db = {(c["seq"], c["head_hash"]) for c in cps}
         for cp in _logged_checkpoints(rt):
             if (cp["seq"], cp["head_hash"]) not in in_db:
                 problems.append(f"checkpoint at record {cp['seq']} is in the checkpoint log but not "
                                 "in the database")
         start = (0, audit.GENESIS)
-        if not full:
-            mark = s.scalar(select(AuditVerification).order_by(AuditVerification.id.desc()).limit(1))
-            if mark is not None:
-                rec = s.get(ExplanationRecord, mark.seq)
-                if rec is not None and rec.record_hash == mark.head_hash:
-                    start = (mark.seq, mark.head_hash)
-                else:
-                    problems.append(f"record {mark.seq}, verified at {mark.verified_at.isoformat()}, changed")
+        if mark is not None:
+            rec = s.get(ExplanationRecord, mark.seq)
+            if rec is not None and rec.record_hash == mark.head_hash:
+                start = (mark.seq, mark.head_hash)
+            else:
+                problems.append(f"record {mark.seq}, verified at {mark.verified_at.isoformat()}, changed")
         report = audit.verify(s, rt.store, check_objects=check_objects, after=start)
     ok = report.ok and not problems
-    if ok and report.head is not None and report.head[0] > 0:
+    moved = mark is None or report.head[0] != mark.seq or last_cp_id != mark.checkpoints_seen
+    if ok and report.head is not None and report.head[0] > 0 and moved:
         with rt.transaction() as s:
             s.add(AuditVerification(seq=report.head[0], head_hash=report.head[1], full=full,
-                                    verified_at=utcnow()))
+                                    checkpoints_seen=last_cp_id, verified_at=utcnow()))
     return {"ok": ok, "mode": "full" if full else "incremental", "from_record": start[0],
-            "records_walked": report.records, "objects_checked": report.objects, "records_in_chain": count,
+            "records_walked": report.records, "objects_checked": report.objects, "newest_record": head_seq,
             "checkpoints": len(cps), "latest_checkpoint": cps[-1] if cps else None,
             "first_broken": report.first_broken, "problems": problems, "key_id": key_id(pub)}
 

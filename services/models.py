@@ -362,5 +362,6 @@ class AuditVerification(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     seq: Mapped[int] = mapped_column(Integer)
     head_hash: Mapped[str] = mapped_column(String(64))
+    checkpoints_seen: Mapped[int] = mapped_column(Integer, default=0)   # checkpoint ids verified up to
     full: Mapped[bool] = mapped_column(Boolean)
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)

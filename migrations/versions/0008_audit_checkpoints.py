@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("seq", sa.Integer, nullable=False),
         sa.Column("head_hash", sa.String(64), nullable=False),
+        sa.Column("checkpoints_seen", sa.Integer, nullable=False),
         sa.Column("full", sa.Boolean, nullable=False),
         sa.Column("verified_at", UTCDateTime(), nullable=False),
     )

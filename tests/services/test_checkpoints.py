@@ -4,6 +4,7 @@ auditor's incremental verification, workbench and offline bundle."""
 import json
 import zipfile
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
@@ -160,3 +161,25 @@ def test_the_auditors_workbench(embedded_stack):
     bundle = c.get("/api/v1/audit/export", headers=h)
     assert bundle.status_code == 200 and bundle.data[:2] == b"PK"
     assert c.get("/api/v1/audit/public-key").data.startswith(b"-----BEGIN PUBLIC KEY-----")
+
+
+@pytest.mark.parametrize("tampering", ["truncate the last record", "rewrite one record",
+                                       "rewrite the whole chain consistently"])
+def test_audit_verify_detects_each_tampering(stack, tampering):
+    rt = stack.runtime()
+    append(rt, 4)
+    checkpoints.make_checkpoint(rt)
+    runner = CliRunner()
+    assert runner.invoke(main, ["audit", "verify"], env=stack.env).exit_code == 0
+    if tampering == "truncate the last record":
+        as_admin(rt, ["DELETE FROM explanation_records WHERE seq = 4"])
+        expected = "missing (truncated?)"
+    elif tampering == "rewrite one record":
+        as_admin(rt, [("UPDATE explanation_records SET payload = :p WHERE seq = 3",
+                       {"p": '{"case_id":"case2","kind":"explanation","n":42}'})])
+        expected = "record_hash does not match its content"
+    else:
+        rewrite_consistently(rt, '{"case_id":"case1","kind":"explanation","n":999}')
+        expected = "(rewritten?)"
+    result = runner.invoke(main, ["audit", "verify"], env=stack.env)
+    assert result.exit_code == 1 and expected in result.output, result.output
