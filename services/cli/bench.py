@@ -115,6 +115,16 @@ def chaos(n: int, outage_s: float, lease_s: int, sweep_s: int, model_path: Path 
                                                   outage_s, lease_s, sweep_s), indent=2))
 
 
+@bench.command("audit")
+@click.option("--records", "n", type=click.IntRange(100, 50_000_000), default=1_000_000, show_default=True)
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+def audit(n: int, postgres_admin_url: str) -> None:
+    """Verifying N chained records (no map objects) and the auditor's pages at that size (JSON)."""
+    audit_bench = building("services.bench.audit")
+    click.echo(json.dumps(audit_bench.bench_audit(n, postgres_admin_url), indent=2))
+
+
 @bench.command("build")
 @click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
               help="Images per data set in the reduced build.")
