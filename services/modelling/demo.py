@@ -54,7 +54,10 @@ class TrainConfig:
     seed: int = 0
     n_train: int = 5000
     n_val: int = 600
-    epochs: int = 5
+    # 6, not 5: on an AMD EPYC host the 5-epoch build (same seed, different float kernels)
+    # reached mean-inside 0.56 on one evaluation seed, under the 0.57 target; 6 epochs gave
+    # 0.60 / 0.62 inside and 0.14 / 0.15 outside on the two test seeds (~20% longer build).
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
