@@ -79,23 +79,73 @@ class VerifyReport:
                 "first_broken": self.first_broken}
 
 
+def _batches(session: Session, last_seq: int, batch: int):
+    """(seq, case_id, prev_hash, payload, record_hash) rows after ``last_seq``, in order.
+
+    On PostgreSQL a second connection reads the next batch while this one hashes the last:
+    the server's work (reading and decompressing ~4 KB payloads) and Python's overlap on two
+    cores. The chain only grows at its end, so reading ahead by sequence number is safe."""
+    columns = (ExplanationRecord.seq, ExplanationRecord.case_id, ExplanationRecord.prev_hash,
+               ExplanationRecord.payload, ExplanationRecord.record_hash)
+
+    def query(after: int):
+        return (select(*columns).where(ExplanationRecord.seq > after)
+                .order_by(ExplanationRecord.seq).limit(batch))
+    if session.bind.dialect.name != "postgresql":
+        while True:
+            rows = session.execute(query(last_seq)).all()
+            if not rows:
+                return
+            yield rows
+            last_seq = rows[-1][0]
+    import queue as queues
+    import threading
+    ahead: queues.Queue = queues.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read() -> None:
+        after = last_seq
+        try:
+            with session.bind.connect() as conn:
+                while not stop.is_set():
+                    rows = conn.execute(query(after)).all()
+                    ahead.put(rows)
+                    if not rows:
+                        return
+                    after = rows[-1][0]
+        except Exception as exc:  # handed to the consumer, which raises it
+            ahead.put(exc)
+    reader = threading.Thread(target=read, name="audit-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            rows = ahead.get()
+            if isinstance(rows, Exception):
+                raise rows
+            if not rows:
+                return
+            yield rows
+    finally:
+        stop.set()
+        while reader.is_alive():           # unblock a reader waiting to put, then let it end
+            try:
+                ahead.get_nowait()
+            except queues.Empty:
+                pass
+            reader.join(0.005)
+
+
 def verify(session: Session, store: ObjectStore, check_objects: bool = True,
            batch: int = 5000, after: tuple[int, str] = (0, GENESIS)) -> VerifyReport:
     """Re-walk the chain from the start, or from ``after`` = (seq, record hash) of a record
     verified before; stop at the first broken link or object.
 
-    Reads plain columns in large keyset batches (no ORM objects) and hashes bytes directly:
-    on a million records the walk is bound by reading the payloads, not by Python."""
+    Reads plain columns in large keyset batches (no ORM objects), read ahead on PostgreSQL,
+    and hashes bytes directly: a million records take about 20 s here (README)."""
     last_seq, prev = after
     count = objects = 0
     sha256 = hashlib.sha256
-    columns = (ExplanationRecord.seq, ExplanationRecord.case_id, ExplanationRecord.prev_hash,
-               ExplanationRecord.payload, ExplanationRecord.record_hash)
-    while True:
-        rows = session.execute(select(*columns).where(ExplanationRecord.seq > last_seq)
-                               .order_by(ExplanationRecord.seq).limit(batch)).all()
-        if not rows:
-            return VerifyReport(count, objects, True, head=(last_seq, prev))
+    for rows in _batches(session, last_seq, batch):
         for seq, case_id, prev_hash, payload, record_hash in rows:
             def broken(problem: str, **extra) -> VerifyReport:
                 return VerifyReport(count, objects, False,
@@ -117,6 +167,7 @@ def verify(session: Session, store: ObjectStore, check_objects: bool = True,
             prev = record_hash
             last_seq = seq
             count += 1
+    return VerifyReport(count, objects, True, head=(last_seq, prev))
 
 
 def verify_chain(rt: Runtime, user, check_objects: bool = True) -> VerifyReport:

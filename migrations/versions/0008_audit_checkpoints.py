@@ -45,8 +45,21 @@ def upgrade() -> None:
     )
     for table in TABLES:
         append_only.create(table)
+    if op.get_context().dialect.name == "postgresql":
+        # Payloads (~4 KB) kept inline and lz4-compressed rather than pglz in the TOAST table:
+        # a verifying walk reads every one, and this makes the server's part ~20% cheaper
+        # (bench audit). New rows only; lz4 where the server was built with it.
+        op.execute("ALTER TABLE explanation_records ALTER COLUMN payload SET STORAGE MAIN")
+        op.execute("""
+            DO $$ BEGIN
+                ALTER TABLE explanation_records ALTER COLUMN payload SET COMPRESSION lz4;
+            EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN NULL;
+            END $$""")
 
 def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.execute("ALTER TABLE explanation_records ALTER COLUMN payload SET STORAGE EXTENDED, "
+                   "ALTER COLUMN payload SET COMPRESSION default")
     for table in TABLES:
         append_only.drop(table)
         op.drop_table(table)
