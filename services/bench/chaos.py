@@ -4,8 +4,9 @@ PostgreSQL (a temporary database), a Redis server of the run's own (so it can be
 it keeps nothing on disk, so an outage also loses every message it held), objects on local
 disk, gunicorn and two analysis workers as separate processes. Clients submit N cases with
 real HAM10000 images through the API while the run SIGKILLs one worker (and starts a new one)
-at a quarter of the submissions and stops Redis for ``outage_s`` at half. Then it waits until
-every accepted case is analysed. Figures:
+once a tenth of the cases are analysed (so it dies holding jobs), and stops Redis for
+``outage_s`` at half of the submissions. Then it waits until every accepted case is
+analysed. Figures:
 accepted / analysed / failed / lost   cases (lost: accepted, never analysed within the wait)
 duplicated                            images with more than one prediction, audit records
                                       beyond one per prediction
@@ -15,6 +16,10 @@ deliveries_per_job                    messages workers received per job
 redundant_deliveries_per_job          deliveries beyond the first, per job
 skipped_deliveries                    deliveries that found the job done or alive elsewhere
 starts_per_job                        times a worker began the job (a killed run is restarted)
+server_errors                         5xx answers to submissions
+submit_ms_during_outage               p50 / p95 / max of submissions sent while Redis was down
+recovered_within_s                    longest time from the SIGKILL to the end of a job that the
+                                      killed worker was running (target: lease + sweep interval)
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
 
     from .. import migrate
     from ..config import Settings
-    from ..models import AnalysisJob, Case, CaseImage, ExplanationRecord, Prediction
+    from ..models import AnalysisJob, Case, CaseImage, ExplanationRecord, Prediction, utcnow
     from ..runtime import Runtime
     from ..users import create_user
 
@@ -110,6 +115,9 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
         headers = {"Authorization": f"Bearer {token}"}
         accepted: list[str] = []
         refused = [0]
+        server_errors = [0]
+        outage = {"from": None, "to": None}
+        timeline: list[tuple[float, float]] = []
         lock = threading.Lock()
         submit_ms: list[float] = []
 
@@ -124,33 +132,49 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
                 r = None
             with lock:
                 submit_ms.append(1000 * (time.perf_counter() - t))
+                timeline.append((t, 1000 * (time.perf_counter() - t)))
                 if r is not None and r.status_code == 201:
                     accepted.append(r.json()["id"])
                 else:
                     refused[0] += 1
+                    if r is None or r.status_code >= 500:
+                        server_errors[0] += 1
 
-        def chaos() -> None:
-            while len(accepted) < n // 4:
-                time.sleep(0.05)
+        killed = {}
+
+        def analysed_so_far() -> int:
+            with rt.read() as s:
+                return s.scalar(select(func.count()).select_from(Case).where(Case.queued_at.is_not(None)))
+
+        def kill_worker() -> None:
+            while analysed_so_far() < max(1, n // 10):
+                time.sleep(0.2)
+            killed["at"] = utcnow()
             _stop(workers[0], signal.SIGKILL)
             events.append({"event": "worker SIGKILL", "at_s": round(time.perf_counter() - t_start, 1),
-                           "accepted_so_far": len(accepted)})
+                           "analysed_so_far": analysed_so_far()})
             time.sleep(2)
             workers[0] = start(worker_args)
+
+        def broker_outage() -> None:
             while len(accepted) < n // 2:
                 time.sleep(0.05)
             _stop(redis["proc"], signal.SIGKILL)
+            outage["from"] = time.perf_counter()
             events.append({"event": f"broker down {outage_s:.0f} s (messages lost)",
                            "at_s": round(time.perf_counter() - t_start, 1), "accepted_so_far": len(accepted)})
             time.sleep(outage_s)
             redis["proc"] = _redis(redis_port)
+            outage["to"] = time.perf_counter()
             events.append({"event": "broker back", "at_s": round(time.perf_counter() - t_start, 1)})
-        agent = threading.Thread(target=chaos, daemon=True)
-        agent.start()
+        agents = [threading.Thread(target=f, daemon=True) for f in (kill_worker, broker_outage)]
+        for agent in agents:
+            agent.start()
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(submit, range(n)))
         intake_s = time.perf_counter() - t_start
-        agent.join(outage_s + 60)
+        for agent in agents:
+            agent.join(outage_s + 120)
         end = time.time() + wait_s
         done = 0
         while time.time() < end:
@@ -166,11 +190,16 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
                                       .group_by(Case.status)).all())
             jobs = s.execute(select(AnalysisJob.dispatches, AnalysisJob.attempts, AnalysisJob.deliveries)
                              .where(AnalysisJob.case_id.in_(accepted))).all()
+            restarted = s.execute(select(AnalysisJob.finished_at).where(
+                AnalysisJob.case_id.in_(accepted), AnalysisJob.attempts > 1)).scalars().all()
             per_image = s.execute(select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
                                   .having(func.count() > 1)).all()
             predictions = s.scalar(select(func.count()).select_from(Prediction))
             records = s.scalar(select(func.count()).select_from(ExplanationRecord))
             images_n = s.scalar(select(func.count()).select_from(CaseImage))
+        during = sorted(ms for t, ms in timeline
+                        if outage["from"] and outage["from"] <= t <= (outage["to"] or outage["from"]))
+        recovered = [(f - killed["at"]).total_seconds() for f in restarted if f and killed.get("at")]
         messages = [d for d, _, _ in jobs]
         starts = [a for _, a, _ in jobs]
         deliveries = [v for _, _, v in jobs]
@@ -189,6 +218,12 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
             if deliveries else None,
             "skipped_deliveries": sum(deliveries) - sum(starts),
             "starts_per_job": round(statistics.mean(starts), 3) if starts else None,
+            "server_errors": server_errors[0],
+            "jobs_restarted_after_the_kill": len(restarted),
+            "recovered_within_s": round(max(recovered), 1) if recovered else None,
+            "submit_ms_during_outage": ({"n": len(during), "p50": round(statistics.median(during), 1),
+                                         "p95": round(during[int(0.95 * (len(during) - 1))], 1),
+                                         "max": round(during[-1], 1)} if during else None),
             "submit_ms_p50": round(statistics.median(submit_ms), 1),
             "submit_ms_p95": round(sorted(submit_ms)[int(0.95 * (len(submit_ms) - 1))], 1),
             "intake_s": round(intake_s, 1), "total_s": round(total_s, 1),
