@@ -6,6 +6,9 @@ from a few client threads, and waits until every case is queued. Figures:
 intake_rps            cases accepted per second of client wall time
 analysis_cases_per_s  cases queued per second, first submission to last queued
 latency_p50/p95_s     submit-to-queued time per case (server clock: created_at -> queued_at)
+engine_images_per_s   the engine alone on the same images, batched as the worker batches,
+                      measured in the same run before the stacks start
+pipeline_over_engine  analysis_cases_per_s / engine_images_per_s (one image per case)
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def _wait_status(rt, ids: list[str], timeout: float) -> None:
 def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgres_admin_url: str,
                    redis_url: str) -> dict:
     images = _images(shared, max(n, 50))
+    engine_rate = _engine_rate(model, images[:n])
     results = []
     for name in stacks:
         if name == "embedded":
@@ -164,5 +168,21 @@ def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgre
                 c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}"'))
             admin.dispose()
-    return {"results": results, "note": "2 gunicorn workers x 4 threads, 1 worker process x 8 threads, "
-                                        "micro-batched CPU inference; latency = created_at -> queued_at"}
+    for r in results:
+        r["pipeline_over_engine"] = round(r["analysis_cases_per_s"] / engine_rate, 3)
+    return {"engine_images_per_s": engine_rate, "results": results,
+            "note": "2 gunicorn workers x 4 threads, 1 worker process x 8 threads, "
+                    "micro-batched CPU inference; latency = created_at -> queued_at"}
+
+
+def _engine_rate(model: Path, images: list[bytes], batch: int = 16) -> float:
+    """Images/s of Engine.analyse alone (maps, numbers, explanation), in batches of 16."""
+    from ..diagnosis.engine import Engine
+    engine = Engine.load(model, "cpu")
+    engine.analyse(images[:2])
+    t0 = time.perf_counter()
+    for i in range(0, len(images), batch):
+        engine.analyse(images[i:i + batch])
+    rate = len(images) / (time.perf_counter() - t0)
+    del engine
+    return round(rate, 1)

@@ -67,9 +67,11 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    click.echo(f"engine alone: {result['engine_images_per_s']} images/s")
     for r in result["results"]:
         click.echo(f"{r['stack']}: intake {r['intake_rps']} req/s, analysis {r['analysis_cases_per_s']} "
-                   f"cases/s, latency p50 {r['latency_p50_s']} s p95 {r['latency_p95_s']} s")
+                   f"cases/s ({r['pipeline_over_engine']:.0%} of the engine), latency p50 "
+                   f"{r['latency_p50_s']} s p95 {r['latency_p95_s']} s")
 
 
 @bench.command("worker")
