@@ -1,0 +1,27 @@
+"""The benchmarks run and report what they claim, on small sizes (the figures are in README)."""
+
+import json
+
+from click.testing import CliRunner
+
+from services.cli import main
+
+from tests.factories import small_model_file
+
+
+def test_bench_audit_verifies_a_seeded_chain_and_times_the_pages(postgres_url):
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/test"
+    result = CliRunner().invoke(main, ["bench", "audit", "--records", "300", "--postgres-admin-url", admin_url])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["records"] == 300 and out["full_verify_records_per_s"] > 0 and out["mean_payload_bytes"] > 3000
+    assert all(p["p50"] > 0 for p in out["page_ms"].values()) and len(out["page_ms"]) == 6
+
+
+def test_bench_worker_compares_the_hot_path_with_inference(tmp_path, ham_dir):
+    result = CliRunner().invoke(main, ["bench", "worker", "--cases", "4", "--batch", "2", "--json",
+                                       "--model", str(small_model_file(tmp_path))])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["hot_path_cases_per_s"] > 0 and out["overlay_ms_per_image"] > 0
+    assert out["hot_path_over_inference_time"] > 0 and set(out["inference_images_per_s"]) == {"one_per_call", "batch_2"}
