@@ -5,7 +5,7 @@ and sized like the real model's, ~3.9 KB), loaded with COPY, then measures:
 full_verify_records_per_s     `audit verify` without re-reading map objects (full walk)
 checkpoint_s                  signing the head (walks what the previous checkpoint did not cover)
 page_ms                       p50 / max over 5 requests of the auditor's pages and API
-                              (incremental verification included), through the Flask app
+                              (incremental verification included), through gunicorn
 """
 
 from __future__ import annotations
@@ -117,37 +117,57 @@ def bench_audit(n: int, admin_url: str) -> dict:
         checkpoints.make_checkpoint(rt)
         checkpoint_s = time.perf_counter() - t0
 
-        from web import create_app
-        app = create_app(runtime=rt)
-        client = app.test_client()
-        token = client.post("/api/v1/auth/token", json={"username": "bench-auditor",
-                                                        "password": "bench-auditor-password"}).json["token"]
-        h = {"Authorization": f"Bearer {token}"}
-        page = app.test_client()
-        page.get("/login")
-        with page.session_transaction() as sess:
-            csrf = sess["csrf"]
-        page.post("/login", data={"username": "bench-auditor", "password": "bench-auditor-password",
-                                  "csrf_token": csrf})
+        # The pages through a real server (`dermatriage web`, gunicorn), as an auditor sees them.
+        import os
+        import re
+        import signal
+        import subprocess
+        import sys
 
-        def timed(call) -> dict:
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                r = call()
-                times.append(1000 * (time.perf_counter() - t))
-                assert r.status_code == 200, r.status_code
-            return {"p50": round(statistics.median(times), 1), "max": round(max(times), 1)}
-        mid = n // 2
-        pages = {
-            "/audit (incremental verify + newest records)": timed(lambda: page.get("/audit")),
-            f"/audit?case_id=c{mid:031x}": timed(lambda: page.get(f"/audit?case_id=c{mid:031x}")),
-            "/audit?before=N/2 (an older page)": timed(lambda: page.get(f"/audit?before={mid}")),
-            f"/audit/records/{mid}": timed(lambda: page.get(f"/audit/records/{mid}")),
-            "GET /api/v1/audit/verify": timed(lambda: client.get("/api/v1/audit/verify", headers=h)),
-            "GET /api/v1/audit/records?limit=50": timed(lambda: client.get("/api/v1/audit/records?limit=50",
-                                                                            headers=h)),
-        }
+        import requests
+
+        from ..config import PROJECT_ROOT
+        from .pipeline import _free_port, _wait_http
+        port = _free_port()
+        env = {**os.environ, "DATABASE_URL": url, "DERMATRIAGE_DATA_DIR": str(tmp),
+               "SECRET_KEY": settings.secret_key, "DERMATRIAGE_ENV": "test",
+               "DERMATRIAGE_MODEL_PATH": str(tmp / "none.pt")}
+        server = subprocess.Popen([sys.executable, "-m", "services.cli", "web", "--port", str(port),
+                                   "--workers", "1"], env=env, cwd=PROJECT_ROOT,
+                                  stdout=open(tmp / "web.log", "ab"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/healthz")
+            api = requests.Session()
+            token = api.post(base + "/api/v1/auth/token", json={
+                "username": "bench-auditor", "password": "bench-auditor-password"}).json()["token"]
+            api.headers["Authorization"] = f"Bearer {token}"
+            page = requests.Session()
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.get(base + "/login").text).group(1)
+            page.post(base + "/login", data={"username": "bench-auditor", "password": "bench-auditor-password",
+                                             "csrf_token": csrf})
+
+            def timed(session, path: str) -> dict:
+                times = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    r = session.get(base + path)
+                    times.append(1000 * (time.perf_counter() - t))
+                    assert r.status_code == 200 and "/login" not in r.url, (path, r.status_code)
+                return {"p50": round(statistics.median(times), 1), "max": round(max(times), 1)}
+            mid = n // 2
+            pages = {
+                "/audit (incremental verify + newest records)": timed(page, "/audit"),
+                f"/audit?case_id=c{mid:031x}": timed(page, f"/audit?case_id=c{mid:031x}"),
+                "/audit?before=N/2 (an older page)": timed(page, f"/audit?before={mid}"),
+                f"/audit/records/{mid}": timed(page, f"/audit/records/{mid}"),
+                "GET /api/v1/audit/verify": timed(api, "/api/v1/audit/verify"),
+                "GET /api/v1/audit/records?limit=50": timed(api, "/api/v1/audit/records?limit=50"),
+            }
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(20)
         rt.engine.dispose()
         return {"records": n, "mean_payload_bytes": round(mean_size), "seed_s": round(seed_s, 1),
                 "full_verify_s": round(verify_s, 1),
