@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The model `make run` serves, built once, deterministically: the real-image model where
-# ../shared/data is present (about 10 minutes on 2 cores), else the synthetic demo model.
+# ../shared/data is present (10-14 minutes on 2 cores), else the synthetic demo model.
 model: $(STAMP)
 	$(BIN)/dermatriage model build --if-missing
 
-# The synthetic demo model (not for clinical use): the tests need it (about 6 minutes).
+# The synthetic demo model (not for clinical use): the tests need it (about 10 minutes).
 demo-model: $(STAMP)
 	$(BIN)/dermatriage model build-demo --if-missing
 
