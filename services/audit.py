@@ -170,14 +170,6 @@ def verify(session: Session, store: ObjectStore, check_objects: bool = True,
     return VerifyReport(count, objects, True, head=(last_seq, prev))
 
 
-def verify_chain(rt: Runtime, user, check_objects: bool = True) -> VerifyReport:
-    """The auditor's use case: verify the whole chain in a read-only session."""
-    if user is not None:
-        permissions.require(user, permissions.VERIFY_AUDIT)
-    with rt.read() as session:
-        return verify(session, rt.store, check_objects=check_objects)
-
-
 def browse(rt: Runtime, user, kind: str | None = None, case_id: str | None = None,
            model_version: str | None = None, since=None, until=None, agreement: str | None = None,
            before: int | None = None, limit: int = 50) -> dict:

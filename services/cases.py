@@ -190,7 +190,7 @@ def get_case(rt: Runtime, user: User, case_id: str) -> dict:
                                       .order_by(Prediction.created_at)).all()
         view = case_view(case, predictions)
         view["answer"] = clinical_answer(session, case_id) if case.answered_at else None
-    if view["answer"] and user.role in permissions.OWN_CASES_ONLY:
+    if view["new_answer"] and user.role in permissions.OWN_CASES_ONLY:
         mark_answer_seen(rt, case_id)
     return view
 

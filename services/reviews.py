@@ -434,6 +434,8 @@ def get_review(rt: Runtime, user: User, case_id: str) -> dict:
 
     with rt.read() as session:
         case = readable_case(session, user, case_id)
+        unseen = case.answered_at is not None and (case.answer_seen_at is None
+                                                   or case.answer_seen_at < case.answered_at)
         if user.role in permissions.OWN_CASES_ONLY:
             out = {"case_id": case_id, "status": case.status.value,
                    "answer": clinical_answer(session, case_id)}
@@ -447,7 +449,7 @@ def get_review(rt: Runtime, user: User, case_id: str) -> dict:
                    "reviews": [review_view(r, names.get(r.reviewer_id, "?")) for r in rows]}
             head = _latest(session, case_id, ReviewPurpose.CLINICAL)
             out["current"] = head.id if head else None
-    if user.role in permissions.OWN_CASES_ONLY and out["answer"]:
+    if user.role in permissions.OWN_CASES_ONLY and unseen:
         mark_answer_seen(rt, case_id)
     return out
 

@@ -52,6 +52,14 @@ class Runtime:
         return open_store(self.settings.object_store_url)
 
     @cached_property
+    def redis(self):
+        """A Redis client where the broker is Redis (login throttling shares it), else None."""
+        if not self.settings.broker_url.startswith(("redis://", "rediss://")):
+            return None
+        import redis
+        return redis.Redis.from_url(self.settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+
+    @cached_property
     def celery(self):
         from .broker import make_celery
         return make_celery(self.settings)

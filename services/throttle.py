@@ -32,22 +32,10 @@ def keys(username: str, client: str) -> dict[str, int]:
     return {f"account:{username.strip().lower()[:80]}": ACCOUNT_FAILURES, f"client:{client[:64]}": CLIENT_FAILURES}
 
 
-def _redis(rt: Runtime):
-    url = rt.settings.broker_url
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    client = rt.__dict__.get("_throttle_redis")
-    if client is None:
-        import redis
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        rt.__dict__["_throttle_redis"] = client
-    return client
-
-
 def _redis_or_none(rt: Runtime, use):
     """Run ``use(redis)``; None (use the database instead) without Redis or when it is down:
     a broker outage must not stop people logging in, nor let guesses through unbounded."""
-    r = _redis(rt)
+    r = rt.redis
     if r is None:
         return None
     import redis
