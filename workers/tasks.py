@@ -1,8 +1,12 @@
-"""The analysis task, registered on a worker's Celery application.
+"""The tasks, registered on a worker's Celery application, one per queue.
+
+- analysis queue (GPU workers): ``analyse_job``, the model's work and nothing else;
+- cpu queue: ``audit_checkpoint``, which the web requests after a human decision (the
+  periodic jobs of services/ also run in workers of this queue, workers/periodic.py).
 
 Tasks are closures over the worker's runtime rather than module-level ``shared_task``s: the
 runtime is built once per process by the entry point (workers/worker.py), and the web never
-imports this module (it sends the analysis task by name, services/broker.py).
+imports this module (it sends tasks by name, services/broker.py).
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import logging
 
 from celery import Celery
 
-from services import analysis
-from services.broker import ANALYSE_TASK
+from services import analysis, checkpoints
+from services.broker import ANALYSE_TASK, CHECKPOINT_TASK
 from services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -24,7 +28,7 @@ def register(celery: Celery, rt: Runtime) -> None:
     def analyse_job(self, job_id: str) -> str:
         analyser = analysis.load_analyser(rt)
         try:
-            return analysis.run_job(rt, job_id, analyser.analyse, analyser.model)
+            return analysis.run_job(rt, job_id, analyser.analyse, analyser.model, analyser.commit)
         except analysis.TRANSIENT as exc:
             attempts = analysis.record_error(rt, job_id, f"{type(exc).__name__}: {exc}")
             if attempts >= rt.settings.max_task_attempts:
@@ -36,3 +40,9 @@ def register(celery: Celery, rt: Runtime) -> None:
             log.exception("job %s failed permanently", job_id)
             analysis.fail_job(rt, job_id, f"{type(exc).__name__}: {exc}")
             return "failed"
+
+    @celery.task(name=CHECKPOINT_TASK, ignore_result=True)
+    def audit_checkpoint() -> dict:
+        # Idempotent and cheap when nothing is new (skipped); a lost request only means the
+        # periodic checkpoint signs these records instead.
+        return checkpoints.periodic_checkpoint(rt)

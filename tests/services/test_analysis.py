@@ -60,8 +60,11 @@ def test_duplicate_delivery_stores_one_prediction(embedded_stack, engine, ham_jp
         image = s.get(Case, case_id).images[0]
         image_id, sha = image.id, image.sha256
     result = engine.analyse([rt.store.get(image.object_key)])[0]
+    info = model_info(engine)
+    ref = analysis._put_map_array(rt, image_id, result, info)
     for _ in range(2):       # the second one loses on the unique constraint and is skipped
-        analysis._store_prediction(rt, case_id, image_id, sha, result, model_info(engine))
+        with rt.transaction() as s:
+            analysis._store_prediction(s, case_id, image_id, sha, result, info, ref)
     with rt.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 1
         assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 1
@@ -252,3 +255,74 @@ def test_two_sweepers_at_once_resend_a_lost_job_once(stack, ham_jpegs):
     with rt.sessions() as s:
         assert all(s.get(AnalysisJob, j).dispatches == 2 and s.get(AnalysisJob, j).status == "queued"
                    for j in ids)
+
+
+def test_group_commit_stores_a_micro_batch_in_one_transaction(embedded_stack, engine, ham_jpegs):
+    """Jobs that finish together share one transaction (one commit); a job whose write fails
+    is rolled back alone and gets its error, and the others are stored."""
+    from sqlalchemy import event
+
+    rt = embedded_stack.runtime()
+    submitted = [submit(embedded_stack, [img]) for img in ham_jpegs[:4]]
+    commits = []
+    event.listen(rt.engine, "commit", lambda conn: commits.append(1))
+    writes: list = []
+    gathered = threading.Barrier(4)
+
+    def collect(write):           # stands in for the writer: gather all four, then commit
+        writes.append(write)
+        gathered.wait(30)
+
+    threads = [threading.Thread(target=analysis.run_job, args=(rt, job_id, engine.analyse,
+                                                               model_info(engine), collect))
+               for _, job_id in submitted]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(writes) == 4
+
+    def broken(session):
+        raise RuntimeError("disk on fire")
+    before = len(commits)
+    outcomes = analysis.commit_together(rt, [writes[0], broken, *writes[1:]])
+    assert len(commits) - before == 1                               # one commit for the batch
+    assert [type(o).__name__ if o else None for o in outcomes] == [None, "RuntimeError", None, None, None]
+    with rt.sessions() as s:
+        for case_id, job_id in submitted:
+            assert s.get(AnalysisJob, job_id).status == "done"
+            assert s.get(Case, case_id).status == "analysed"
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 4
+        seqs = s.scalars(select(ExplanationRecord.seq).order_by(ExplanationRecord.seq)).all()
+    assert len(seqs) == 4
+    from services import checkpoints
+    assert checkpoints.verify(rt, None, full=True)["ok"]
+    # Delivered again (redelivery after a crash at the worst moment): nothing is added.
+    assert analysis.commit_together(rt, writes[:2]) == [None, None]
+    with rt.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 4
+
+
+def test_a_failed_group_commit_fails_every_job_in_it_and_stores_nothing(embedded_stack, engine, ham_jpegs):
+    rt = embedded_stack.runtime()
+    _, job_id = submit(embedded_stack, ham_jpegs[:1])
+    writes = []
+    analysis.run_job(rt, job_id, engine.analyse, model_info(engine), writes.append)
+    writer = MicroBatcher(lambda ws: analysis.commit_together(rt, ws), max_wait_ms=1)
+
+    def commit(write):
+        outcome = writer.run([write])[0]
+        if outcome is not None:
+            raise outcome
+    from sqlalchemy.exc import OperationalError
+    from unittest import mock
+    with mock.patch.object(rt, "transaction", side_effect=OperationalError("COMMIT", {}, Exception("db gone"))):
+        with pytest.raises(OperationalError):
+            commit(writes[0])
+    with rt.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 0
+        assert s.get(AnalysisJob, job_id).status == "running"       # the task retries it
+    commit(writes[0])
+    with rt.sessions() as s:
+        assert s.get(AnalysisJob, job_id).status == "done"
+    writer.close()
