@@ -11,9 +11,10 @@ from pathlib import Path
 
 from celery import Celery
 
-from .config import ANALYSIS_QUEUE, Settings
+from .config import ANALYSIS_QUEUE, CPU_QUEUE, Settings
 
-ANALYSE_TASK = "dermatriage.analyse_job"
+ANALYSE_TASK = "dermatriage.analyse_job"      # analysis queue
+CHECKPOINT_TASK = "dermatriage.audit_checkpoint"  # cpu queue
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -52,6 +53,12 @@ class CeleryDispatcher:
         # retry=False: if the broker is down, fail now and leave the job to the sweeper
         # rather than hold the GP's request open.
         self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False)
+
+
+def request_checkpoint(celery: Celery) -> None:
+    """Ask a CPU worker to sign a checkpoint now (the web does after a human decision, so
+    that a review is under a signature within seconds, not at the next periodic one)."""
+    celery.send_task(CHECKPOINT_TASK, queue=CPU_QUEUE, retry=False)
 
 
 def queue_depth(celery: Celery) -> int:

@@ -18,7 +18,9 @@ from .errors import ConfigurationError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
 # Celery queue of the GPU analysis task (workers consume it; the web sends to it by name).
-ANALYSIS_QUEUE = "analysis"
+ANALYSIS_QUEUE = "analysis"   # model inference: GPU workers (one model per process)
+CPU_QUEUE = "cpu"             # everything else a worker does: outbox sweeps, audit checkpoints
+WORKER_QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE)
 
 
 def data_dir(env: dict | None = None) -> Path:

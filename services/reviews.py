@@ -365,7 +365,7 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
                 case.answered_at = now
             session.flush()
             stored = session.get(Review, review_id)
-            return review_view(stored, user.username, rec.record_hash)
+            result = review_view(stored, user.username, rec.record_hash)
     except IntegrityError as exc:
         # Two amendments of the same review: amends_id is UNIQUE, the second one loses.
         _delete_quietly(rt, [r["key"] for r in regions.values()])
@@ -373,6 +373,10 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
     except BaseException:
         _delete_quietly(rt, [r["key"] for r in regions.values()])
         raise
+    # A human decision is signed within seconds by a CPU worker, not at the next periodic
+    # checkpoint: the window in which it could be rewritten unnoticed stays short.
+    rt.request_checkpoint()
+    return result
 
 
 def record_review(rt: Runtime, user: User, case_id: str, body: Mapping) -> dict:

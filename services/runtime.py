@@ -9,6 +9,7 @@ own dispatcher. Use cases receive the Runtime and open their own sessions throug
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .config import Settings
 from .storage import ObjectStore, StorageError, open_store
 
 Dispatcher = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +36,8 @@ class Runtime:
     clock: Callable[[], float] = field(default=time.time)
     # How many analysis messages wait in the broker (None: cannot tell); tests inject one.
     depth_probe: Callable[[], int | None] | None = None
+    # Asks a CPU worker for an audit checkpoint now; by default through the broker.
+    checkpoint_requester: Callable[[], None] | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -81,6 +85,20 @@ class Runtime:
             from .broker import CeleryDispatcher
             self.dispatcher = CeleryDispatcher(self.sender)
         self.dispatcher(job_id)
+
+    def request_checkpoint(self) -> bool:
+        """Best effort: False when the broker cannot take the request (the periodic
+        checkpoint signs the records a little later instead)."""
+        try:
+            if self.checkpoint_requester is not None:
+                self.checkpoint_requester()
+            else:
+                from .broker import request_checkpoint
+                request_checkpoint(self.sender)
+            return True
+        except Exception as exc:  # any transport error: nothing is lost, only later
+            log.info("could not request an audit checkpoint: %s", exc)
+            return False
 
     def queue_depth(self) -> int | None:
         """Messages waiting in the broker's analysis queue, or None when it cannot be asked."""

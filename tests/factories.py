@@ -176,10 +176,11 @@ class Stack:
     def with_env(self, **changes) -> "Stack":
         return Stack(self.name, {**self.env, **{k: str(v) for k, v in changes.items()}})
 
-    def start_worker(self, log: Path, **extra_env) -> subprocess.Popen:
+    def start_worker(self, log: Path, queues: str = "analysis,cpu", **extra_env) -> subprocess.Popen:
         env = {**os.environ, **self.env, **{k: str(v) for k, v in extra_env.items()},
                "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--concurrency", "4"],
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "worker", "--concurrency", "4",
+                                 "--queues", queues],
                                 cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

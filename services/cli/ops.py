@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from services.config import ANALYSIS_QUEUE, Settings
+from services.config import ANALYSIS_QUEUE, CPU_QUEUE, WORKER_QUEUES, Settings
 from services.errors import DermaTriageError
 from services.vocabulary import Role, values
 
@@ -27,7 +27,6 @@ DEMO_ACCOUNTS = (("gp", "gp-demo", "gp-demo-pass"),
                  ("admin", "admin-demo", "admin-demo-pass"))
 # The analysis worker's Celery node name (%h: this host). One worker process per host or
 # container; `dermatriage health worker` pings exactly this name.
-WORKER_NODE = "analysis@%h"
 WSGI_APP = "web.wsgi:app"
 
 
@@ -48,12 +47,33 @@ def web_server_command(host: str, port: int, workers: int, threads: int = 4) -> 
             "-b", f"{host}:{port}", "--access-logfile", "-", WSGI_APP]
 
 
-def worker_command(concurrency: int, loglevel: str) -> list[str]:
+def worker_node(queues: tuple[str, ...]) -> str:
+    """Celery node name of a worker on these queues: analysis@host, cpu@host or worker@host
+    (both), so the health check of each container pings its own process."""
+    return f"{queues[0] if len(queues) == 1 else 'worker'}@%h"
+
+
+def worker_command(concurrency: int, loglevel: str, queues: tuple[str, ...] = WORKER_QUEUES) -> list[str]:
     # Pool: threads. One process holds one copy of the model (one CUDA context on a GPU box),
     # the threads feed its micro-batcher, and nothing forks after the model is loaded.
     return [sys.executable, "-m", "celery", "-A", "workers.worker", "worker", "-P", "threads",
-            "-c", str(concurrency), "-Q", ANALYSIS_QUEUE, "--loglevel", loglevel,
-            "-n", WORKER_NODE, "--without-gossip", "--without-mingle"]
+            "-c", str(concurrency), "-Q", ",".join(queues), "--loglevel", loglevel,
+            "-n", worker_node(queues), "--without-gossip", "--without-mingle"]
+
+
+def parse_queues(value: str) -> tuple[str, ...]:
+    queues = tuple(dict.fromkeys(q.strip() for q in value.split(",") if q.strip()))
+    unknown = [q for q in queues if q not in WORKER_QUEUES]
+    if not queues or unknown:
+        raise click.BadParameter(f"choose from {', '.join(WORKER_QUEUES)} (comma-separated); "
+                                 f"got {value!r}", param_hint="--queues")
+    return queues
+
+
+QUEUES_OPTION = click.option(
+    "--queues", default=",".join(WORKER_QUEUES), show_default=True,
+    help=f"Queues to consume: {ANALYSIS_QUEUE} (model inference, GPU) and/or {CPU_QUEUE} "
+         "(outbox sweeps, audit checkpoints; periodic jobs run only here).")
 
 
 @click.group()
@@ -156,10 +176,11 @@ def ensure_demo_accounts(rt) -> None:
 @click.option("--concurrency", type=int, default=4, show_default=True,
               help="Threads feeding the model's micro-batcher.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int, loglevel: str) -> None:
-    """Start the analysis worker (Celery, thread pool, one model per process)."""
+@QUEUES_OPTION
+def worker(concurrency: int, loglevel: str, queues: str) -> None:
+    """Start a worker (Celery, thread pool, one model per process on the analysis queue)."""
     settings()
-    command = worker_command(concurrency, loglevel)
+    command = worker_command(concurrency, loglevel, parse_queues(queues))
     os.execvp(command[0], command)
 
 
@@ -194,10 +215,11 @@ def health_web(port: int) -> None:
 
 @health.command("worker")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
-def health_worker(timeout: float) -> None:
-    """Ping this host's analysis worker through the broker."""
+@QUEUES_OPTION
+def health_worker(timeout: float, queues: str) -> None:
+    """Ping this host's worker on these queues through the broker."""
     from celery.utils.nodenames import host_format
-    node = host_format(WORKER_NODE)
+    node = host_format(worker_node(parse_queues(queues)))
     replies = runtime().celery.control.ping(destination=[node], timeout=timeout)
     if not any(node in r for r in replies):
         raise click.ClickException(f"worker {node} did not answer within {timeout:g} s")

@@ -26,8 +26,9 @@ def test_compose_file_is_valid_and_complete():
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
-    assert {"postgres", "redis", "minio", "minio-bucket", "migrate", "web", "worker"} <= set(services)
-    for name in ("postgres", "redis", "minio", "web", "worker"):
+    assert {"postgres", "redis", "minio", "minio-bucket", "migrate", "web", "worker",
+            "worker-cpu"} <= set(services)
+    for name in ("postgres", "redis", "minio", "web", "worker", "worker-cpu"):
         assert "healthcheck" in services[name], name
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
@@ -50,7 +51,7 @@ def _option(command: list[str], name: str) -> str:
 def test_compose_commands_and_healthchecks_name_the_real_processes():
     """Web and worker start through `dermatriage web|worker` (the one place that holds the
     server commands), and each healthcheck asks exactly the process that command starts."""
-    from services.cli.ops import WORKER_NODE, worker_command
+    from services.cli.ops import parse_queues, worker_command, worker_node
 
     services = yaml.safe_load(compose_config(SECRETS).stdout)["services"]
     web = services["web"]
@@ -59,10 +60,24 @@ def test_compose_commands_and_healthchecks_name_the_real_processes():
     assert web["healthcheck"]["test"] == ["CMD", "dermatriage", "health", "web", "--port", port]
     targets = [str(p["target"] if isinstance(p, dict) else p).split(":")[-1] for p in web["ports"]]
     assert port in targets
-    worker = services["worker"]
-    assert worker["command"][:2] == ["dermatriage", "worker"]
-    assert worker["healthcheck"]["test"][:4] == ["CMD", "dermatriage", "health", "worker"]
-    assert _option(worker_command(8, "INFO"), "-n") == WORKER_NODE
+    # One GPU worker on the analysis queue, one CPU worker on the rest; each health check
+    # pings the node name its own command gives itself.
+    consumed = {}
+    for name in ("worker", "worker-cpu"):
+        worker = services[name]
+        assert worker["command"][:2] == ["dermatriage", "worker"]
+        queues = parse_queues(_option(worker["command"], "--queues"))
+        consumed[name] = queues
+        check = worker["healthcheck"]["test"]
+        assert check[:4] == ["CMD", "dermatriage", "health", "worker"]
+        assert parse_queues(_option(check, "--queues")) == queues
+        assert _option(worker_command(8, "INFO", queues), "-n") == worker_node(queues)
+        assert _option(worker_command(8, "INFO", queues), "-Q") == ",".join(queues)
+    assert consumed == {"worker": ("analysis",), "worker-cpu": ("cpu",)}
+    assert "deploy" not in services["worker-cpu"]            # no GPU for the CPU queue
+    # Only the CPU worker signs checkpoints: the signing key is mounted there alone.
+    assert "AUDIT_SIGNING_KEY_FILE" in services["worker-cpu"]["environment"]
+    assert "AUDIT_SIGNING_KEY_FILE" not in services["worker"]["environment"]
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert 'CMD ["dermatriage", "web"' in dockerfile and "gunicorn" not in dockerfile.split("CMD")[-1]
 
@@ -81,6 +96,6 @@ def test_worker_health_check_pings_a_running_worker(full_stack, tmp_path):
         up = poll(lambda: (r := runner.invoke(main, ["health", "worker", "--timeout", "1"],
                                                env=full_stack.env)).exit_code == 0 and r,
                   timeout=60, interval=0.5, what="the worker to answer its health check")
-        assert up.output.startswith("analysis@")
+        assert up.output.startswith("worker@")          # both queues, the default
     finally:
         stop(worker)
