@@ -56,7 +56,7 @@ def explain(batch: int, rounds: int, model_path: Path | None, device: str | None
 @click.option("--json", "as_json", is_flag=True)
 def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: str, redis_url: str,
              as_json: bool) -> None:
-    """Intake rate, analysis rate and submit-to-queued latency through the HTTP API."""
+    """Cases/s through the HTTP API and a worker, live and draining a backlog, against the engine."""
     pipeline_bench = building("services.bench.pipeline")
     model = model_path or config.model_path()
     if not model.exists():
@@ -69,9 +69,11 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
         return
     click.echo(f"engine alone: {result['engine_images_per_s']} images/s")
     for r in result["results"]:
-        click.echo(f"{r['stack']}: intake {r['intake_rps']} req/s, analysis {r['analysis_cases_per_s']} "
-                   f"cases/s ({r['pipeline_over_engine']:.0%} of the engine), latency p50 "
-                   f"{r['latency_p50_s']} s p95 {r['latency_p95_s']} s")
+        live, backlog = r["live"], r["backlog"]
+        click.echo(f"{r['stack']}: live: intake {live['intake_rps']} req/s, analysis {live['cases_per_s']} "
+                   f"cases/s ({live['over_engine']:.0%} of the engine), latency p50 "
+                   f"{live['latency_p50_s']} s p95 {live['latency_p95_s']} s; backlog: "
+                   f"{backlog['cases_per_s']} cases/s ({backlog['over_engine']:.0%} of the engine)")
 
 
 @bench.command("worker")

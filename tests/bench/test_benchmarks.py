@@ -25,3 +25,16 @@ def test_bench_worker_compares_the_hot_path_with_inference(tmp_path, ham_dir):
     out = json.loads(result.output)
     assert out["hot_path_cases_per_s"] > 0 and out["overlay_ms_per_image"] > 0
     assert out["hot_path_over_inference_time"] > 0 and set(out["inference_images_per_s"]) == {"one_per_call", "batch_2"}
+
+
+def test_bench_pipeline_reports_live_and_backlog_against_the_engine(tmp_path, ham_dir):
+    result = CliRunner().invoke(main, ["bench", "pipeline", "--cases", "4", "--stack", "embedded", "--json",
+                                       "--model", str(small_model_file(tmp_path))])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    (r,) = out["results"]
+    assert out["engine_images_per_s"] > 0 and r["stack"] == "embedded" and r["cases"] == 4
+    for phase in ("live", "backlog"):
+        assert r[phase]["cases_per_s"] > 0
+        assert r[phase]["over_engine"] == round(r[phase]["cases_per_s"] / out["engine_images_per_s"], 3)
+    assert r["live"]["latency_p95_s"] >= r["live"]["latency_p50_s"] > 0
