@@ -167,7 +167,12 @@ class Settings:
             return {"data_folder_in": str(folder / "queue"), "data_folder_out": str(folder / "queue"),
                     "processed_folder": str(folder / "processed"), "store_processed": False,
                     # kombu would otherwise write its control (pidbox) files into the cwd
-                    "control_folder": str(folder / "control")}
+                    "control_folder": str(folder / "control"),
+                    # kombu's default (1 s) is also how long a worker whose threads are all
+                    # busy sleeps before it takes the next message: it capped the embedded
+                    # worker at one batch per second (bench pipeline: 8 cases/s). A listing
+                    # of the queue folder every 50 ms costs nothing.
+                    "polling_interval": 0.05}
         return {"visibility_timeout": self.job_lease_s * 4}
 
     def celery_config(self) -> dict:
