@@ -15,6 +15,8 @@ from .config import ANALYSIS_QUEUE, CPU_QUEUE, Settings
 
 ANALYSE_TASK = "dermatriage.analyse_job"      # analysis queue
 CHECKPOINT_TASK = "dermatriage.audit_checkpoint"  # cpu queue
+# Redis keeps one list per priority step (config.PRIORITY_STEPS) and serves the lowest first.
+URGENT_PRIORITY, NORMAL_PRIORITY = 0, 6
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -52,7 +54,14 @@ class CeleryDispatcher:
     def __call__(self, job_id: str) -> None:
         # retry=False: if the broker is down, fail now and leave the job to the sweeper
         # rather than hold the GP's request open.
-        self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False)
+        self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False,
+                              priority=NORMAL_PRIORITY)
+
+    def urgent(self, job_id: str) -> None:
+        """A re-send: taken before every job already waiting (Redis; the embedded
+        filesystem transport has no priorities and keeps arrival order)."""
+        self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False,
+                              priority=URGENT_PRIORITY)
 
 
 def request_checkpoint(celery: Celery) -> None:

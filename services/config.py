@@ -21,6 +21,7 @@ DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
 ANALYSIS_QUEUE = "analysis"   # model inference: GPU workers (one model per process)
 CPU_QUEUE = "cpu"             # everything else a worker does: outbox sweeps, audit checkpoints
 WORKER_QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE)
+PRIORITY_STEPS = (0, 3, 6, 9)
 
 
 def data_dir(env: dict | None = None) -> Path:
@@ -173,7 +174,10 @@ class Settings:
                     # worker at one batch per second (bench pipeline: 8 cases/s). A listing
                     # of the queue folder every 50 ms costs nothing.
                     "polling_interval": 0.05}
-        return {"visibility_timeout": self.job_lease_s * 4}
+        # Priorities (Redis): one list per step, the lowest step served first; a job the
+        # sweeper re-sends goes to step 0, ahead of the backlog (services/broker.py).
+        return {"visibility_timeout": self.job_lease_s * 4, "queue_order_strategy": "priority",
+                "priority_steps": list(PRIORITY_STEPS), "sep": ":"}
 
     def celery_config(self) -> dict:
         """Celery's settings, the same for the web (which only sends) and the workers."""

@@ -72,7 +72,11 @@ def sweep(rt: Runtime, now=None) -> dict:
                 give_up.append((job.id, job.attempts, job.status.value))
                 continue
             try:
-                rt.send_job(job.id)
+                # A dead worker's job (or one whose message the broker lost) goes ahead of the
+                # backlog: its case has waited its turn once already. A job never sent (the
+                # broker was down at intake) takes its place in arrival order: after an outage
+                # there are hundreds of those, and they must not delay the dead worker's.
+                rt.send_job(job.id, urgent=job.status != JobStatus.PENDING)
             except Exception as exc:   # broker down: the rest wait for the next sweep
                 log.warning("broker unavailable during the sweep: %s", exc)
                 break

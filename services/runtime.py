@@ -79,12 +79,14 @@ class Runtime:
     def transaction(self) -> AbstractContextManager[Session]:
         return db.transaction(self.sessions)
 
-    def send_job(self, job_id: str) -> None:
-        """Hand one analysis job to the workers; raises if the broker cannot take it."""
+    def send_job(self, job_id: str, urgent: bool = False) -> None:
+        """Hand one analysis job to the workers; raises if the broker cannot take it.
+        ``urgent``: ahead of the jobs already waiting, where the dispatcher can do that."""
         if self.dispatcher is None:
             from .broker import CeleryDispatcher
             self.dispatcher = CeleryDispatcher(self.sender)
-        self.dispatcher(job_id)
+        send = getattr(self.dispatcher, "urgent", None) if urgent else None
+        (send or self.dispatcher)(job_id)
 
     def request_checkpoint(self) -> bool:
         """Best effort: False when the broker cannot take the request (the periodic

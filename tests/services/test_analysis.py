@@ -117,14 +117,31 @@ def test_sweeper_resends_pending_and_gives_up_after_max_attempts(embedded_stack,
     assert jobs.sweep(embedded_stack.runtime(dispatcher=down), now=later)["sent"] == 0
     with rt.sessions() as s:
         assert s.get(AnalysisJob, job2).status == "pending"
+    # Once the broker is back, a job never sent keeps its place in arrival order: after an
+    # outage there are hundreds, and they must not go ahead of a dead worker's re-sent jobs.
+    normal, ahead = [], []
+
+    class Dispatcher:
+        __call__ = staticmethod(normal.append)
+        urgent = staticmethod(ahead.append)
+    assert jobs.sweep(embedded_stack.runtime(dispatcher=Dispatcher()), now=later)["sent"] == 1
+    assert normal == [job2] and ahead == []
 
 
 def test_a_dead_worker_s_job_is_resent_once_per_lease_a_live_one_never(embedded_stack, ham_jpegs):
     from datetime import timedelta
     from services.models import utcnow
     case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
-    sent = []
-    rt = embedded_stack.runtime(dispatcher=sent.append, depth_probe=lambda: 0)
+    sent, urgent = [], []
+
+    class Dispatcher:                      # records which sends go ahead of the backlog
+        def __call__(self, job_id):
+            sent.append(job_id)
+
+        def urgent(self, job_id):
+            urgent.append(job_id)
+            sent.append(job_id)
+    rt = embedded_stack.runtime(dispatcher=Dispatcher(), depth_probe=lambda: 0)
     lease = timedelta(seconds=rt.settings.job_lease_s)
     assert analysis.start_job(rt, job_id)
     now = utcnow()
@@ -135,7 +152,7 @@ def test_a_dead_worker_s_job_is_resent_once_per_lease_a_live_one_never(embedded_
     assert jobs.sweep(rt, now=now)["sent"] == 0
     assert not analysis.start_job(rt, job_id, now=now)           # a second delivery stands down
     # its worker dies: the beat stops; one lease later it is re-sent, once
-    assert jobs.sweep(rt, now=now + lease)["sent"] == 1 and sent == [job_id]
+    assert jobs.sweep(rt, now=now + lease)["sent"] == 1 and sent == urgent == [job_id]
     for k in range(5):                                            # every sweep of the next lease
         assert jobs.sweep(rt, now=now + lease + k * lease / 6)["sent"] == 0
     with rt.sessions() as s:
@@ -226,6 +243,27 @@ def test_the_broker_says_how_many_messages_wait(stack):
     assert rt.queue_depth() == 0
     down = stack.with_env(BROKER_URL=f"redis://127.0.0.1:{free_port()}/0").runtime()
     assert down.queue_depth() is None
+
+
+def test_a_resent_job_goes_ahead_of_the_backlog(full_stack):
+    """The sweeper's re-sends (a dead worker's job, a message the broker lost) are taken
+    before the jobs already waiting, so recovery does not wait for the whole backlog."""
+    rt = full_stack.runtime()
+    rt.sender.control.purge()
+    for job_id in ("waiting-1", "waiting-2", "waiting-3"):
+        rt.send_job(job_id)
+    rt.send_job("resent", urgent=True)
+    assert rt.queue_depth() == 4                          # every priority list is counted
+    order = []
+    with rt.sender.connection_for_write() as conn:
+        queue = conn.SimpleQueue("analysis")
+        for _ in range(4):
+            message = queue.get(timeout=5)
+            order.append(message.payload[0][0])
+            message.ack()
+        queue.close()
+    assert order == ["resent", "waiting-1", "waiting-2", "waiting-3"]
+    assert rt.queue_depth() == 0
 
 
 def test_two_sweepers_at_once_resend_a_lost_job_once(stack, ham_jpegs):
