@@ -20,6 +20,8 @@ server_errors                         5xx answers to submissions
 submit_ms_during_outage               p50 / p95 / max of submissions sent while Redis was down
 recovered_within_s                    longest time from the SIGKILL to the end of a job that the
                                       killed worker was running (target: lease + sweep interval)
+after_the_kill_s                      for each such job: when it was re-sent, restarted and
+                                      finished, in seconds after the SIGKILL
 """
 
 from __future__ import annotations
@@ -190,8 +192,9 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
                                       .group_by(Case.status)).all())
             jobs = s.execute(select(AnalysisJob.dispatches, AnalysisJob.attempts, AnalysisJob.deliveries)
                              .where(AnalysisJob.case_id.in_(accepted))).all()
-            restarted = s.execute(select(AnalysisJob.finished_at).where(
-                AnalysisJob.case_id.in_(accepted), AnalysisJob.attempts > 1)).scalars().all()
+            restarted = s.execute(select(AnalysisJob.finished_at, AnalysisJob.dispatched_at,
+                                         AnalysisJob.started_at).where(
+                AnalysisJob.case_id.in_(accepted), AnalysisJob.attempts > 1)).all()
             per_image = s.execute(select(Prediction.image_id, func.count()).group_by(Prediction.image_id)
                                   .having(func.count() > 1)).all()
             predictions = s.scalar(select(func.count()).select_from(Prediction))
@@ -199,7 +202,10 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
             images_n = s.scalar(select(func.count()).select_from(CaseImage))
         during = sorted(ms for t, ms in timeline
                         if outage["from"] and outage["from"] <= t <= (outage["to"] or outage["from"]))
-        recovered = [(f - killed["at"]).total_seconds() for f in restarted if f and killed.get("at")]
+        since_kill = {name: [(row[i] - killed["at"]).total_seconds() for row in restarted
+                             if row[i] and killed.get("at")]
+                      for i, name in enumerate(("finished", "resent", "restarted"))}
+        recovered = since_kill["finished"]
         messages = [d for d, _, _ in jobs]
         starts = [a for _, a, _ in jobs]
         deliveries = [v for _, _, v in jobs]
@@ -221,6 +227,7 @@ def bench_chaos(n: int, model: Path, shared: Path, postgres_admin_url: str, outa
             "server_errors": server_errors[0],
             "jobs_restarted_after_the_kill": len(restarted),
             "recovered_within_s": round(max(recovered), 1) if recovered else None,
+            "after_the_kill_s": {k: sorted(round(v, 1) for v in vals) for k, vals in since_kill.items()},
             "submit_ms_during_outage": ({"n": len(during), "p50": round(statistics.median(during), 1),
                                          "p95": round(during[int(0.95 * (len(during) - 1))], 1),
                                          "max": round(during[-1], 1)} if during else None),
