@@ -19,7 +19,8 @@ Recipe (SCIENCE.md s.1 where it fits, measured where it does not):
   sees Derm7pt's 687 images (PN, AT) a few times per epoch among 13,000 rows and stops far
   from each head's optimum. A 512-unit hidden layer (AdamW, dropout 0.5) gave balanced
   accuracy 0.660 and 4 views instead of 2 gave 0.674: the frozen features, not the read-out,
-  limit the diagnoses. The seed's three-layer classifier costs ~8 minutes per fold here.
+  limit the diagnoses. Neither did richer pooling or inputs (README): squares on each block's
+  own grid 0.672 (PN 0.869), and, probed on view 0, age/sex/site, mirror averaging or 288 px. The seed's three-layer classifier costs ~8 minutes per fold here.
 - Augmentation in image space (rotation, flips, Gaussian blur, perspective, colour), drawn
   per (seed, image, view): ``views`` versions of every image go through the frozen backbone
   once and their pooled vectors are cached; heads train on the cache.
