@@ -215,12 +215,15 @@ def heartbeat(rt: Runtime, job_id: str):
 def _put_map_array(rt: Runtime, image_id: str, result: "AnalysisResult", model: ModelInfo) -> dict:
     """The hot path stores one compact object per prediction: all maps as one array. Overlay
     PNGs are rendered when someone asks for one (cases.get_map) and cached there. The key
-    and contents are deterministic, so a redelivery rewrites the same object."""
+    names the contents' hash: two deliveries of one job that race (or a GPU and a CPU worker,
+    or two versions of the encoder during an upgrade) never overwrite the object that the
+    winner's audit record vouches for."""
     from .diagnosis.render import encode_map_array
 
     array = encode_map_array([m.normalised for m in result.maps])
-    ref = {"key": f"maps/{image_id}/{model.name}-{model.version}/maps.npz",
-           "sha256": hashlib.sha256(array).hexdigest(),
+    digest = hashlib.sha256(array).hexdigest()
+    ref = {"key": f"maps/{image_id}/{model.name}-{model.version}/{digest[:16]}.npz",
+           "sha256": digest,
            "targets": [m.target for m in result.maps],
            "shape": [len(result.maps), *result.maps[0].normalised.shape]}
     rt.store.put(ref["key"], array, "application/octet-stream")

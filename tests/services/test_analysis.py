@@ -70,6 +70,25 @@ def test_duplicate_delivery_stores_one_prediction(embedded_stack, engine, ham_jp
         assert s.scalar(select(func.count()).select_from(ExplanationRecord)) == 1
 
 
+def test_racing_deliveries_never_overwrite_a_vouched_map_array(embedded_stack, engine, ham_jpegs):
+    """Map arrays are stored under their contents' hash: a second delivery that computed other
+    bytes (another device, another encoder) cannot replace the object an audit record names."""
+    import dataclasses
+    import hashlib
+    case_id, _ = submit(embedded_stack, ham_jpegs[:1])
+    rt = embedded_stack.runtime()
+    with rt.sessions() as s:
+        image = s.get(Case, case_id).images[0]
+        image_id, key = image.id, image.object_key
+    result = engine.analyse([rt.store.get(key)])[0]
+    first = analysis._put_map_array(rt, image_id, result, model_info(engine))
+    nudged = [dataclasses.replace(m, normalised=m.normalised * 0.5) for m in result.maps]
+    second = analysis._put_map_array(rt, image_id, dataclasses.replace(result, maps=nudged), model_info(engine))
+    assert first["key"] != second["key"] and first["sha256"] != second["sha256"]
+    assert hashlib.sha256(rt.store.get(first["key"])).hexdigest() == first["sha256"]
+    assert analysis._put_map_array(rt, image_id, result, model_info(engine)) == first   # same bytes, same key
+
+
 def test_failing_job_ends_visible_and_case_still_queued(embedded_stack, ham_jpegs):
     case_id, job_id = submit(embedded_stack, ham_jpegs[:1])
     rt = embedded_stack.runtime()
