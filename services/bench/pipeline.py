@@ -169,24 +169,24 @@ def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgre
         if name == "embedded":
             results.append(run_stack("embedded", {}, n, images, model))
             continue
-        import logging
-        from moto.server import ThreadedMotoServer
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)   # moto logs every request
         from sqlalchemy import create_engine, text
         db = f"dermatriage_bench_{uuid.uuid4().hex[:8]}"
         admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{db}"'))
+        # The S3 stand-in runs in its own process, as MinIO would: inside this one it would
+        # share the interpreter lock with the client threads whose submissions it times.
         s3_port = _free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-        moto.start()
+        moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
+            _wait_http(f"http://127.0.0.1:{s3_port}/")
             results.append(run_stack("postgres+redis+s3(moto)", {
                 "DATABASE_URL": postgres_admin_url.rsplit("/", 1)[0] + f"/{db}",
                 "BROKER_URL": redis_url,
                 "OBJECT_STORE_URL": f"s3://bench:bench@127.0.0.1:{s3_port}/bench"}, n, images, model))
         finally:
-            moto.stop()
+            _terminate(moto)
             with admin.connect() as c:
                 c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"))
                 c.execute(text(f'DROP DATABASE IF EXISTS "{db}"'))
@@ -196,7 +196,8 @@ def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgre
             r[phase]["over_engine"] = round(r[phase]["cases_per_s"] / engine_rate, 3)
     return {"engine_images_per_s": engine_rate, "results": results,
             "note": "2 gunicorn workers x 4 threads, 1 worker process x 8 threads (both queues), "
-                    "micro-batched CPU inference, one image per case; live: intake and analysis "
+                    "micro-batched CPU inference, one image per case, S3 = moto in its own process; "
+                    "live: intake and analysis "
                     "at once; backlog: a fresh worker drains cases submitted while it was stopped"}
 
 
