@@ -51,17 +51,16 @@ class CeleryDispatcher:
     def __init__(self, celery: Celery):
         self.celery = celery
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, priority: int = NORMAL_PRIORITY) -> None:
         # retry=False: if the broker is down, fail now and leave the job to the sweeper
         # rather than hold the GP's request open.
         self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False,
-                              priority=NORMAL_PRIORITY)
+                              priority=priority)
 
     def urgent(self, job_id: str) -> None:
         """A re-send: taken before every job already waiting (Redis; the embedded
         filesystem transport has no priorities and keeps arrival order)."""
-        self.celery.send_task(ANALYSE_TASK, args=(job_id,), queue=ANALYSIS_QUEUE, retry=False,
-                              priority=URGENT_PRIORITY)
+        self(job_id, URGENT_PRIORITY)
 
 
 def request_checkpoint(celery: Celery) -> None:

@@ -36,8 +36,6 @@ class Runtime:
     clock: Callable[[], float] = field(default=time.time)
     # How many analysis messages wait in the broker (None: cannot tell); tests inject one.
     depth_probe: Callable[[], int | None] | None = None
-    # Asks a CPU worker for an audit checkpoint now; by default through the broker.
-    checkpoint_requester: Callable[[], None] | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -92,11 +90,8 @@ class Runtime:
         """Best effort: False when the broker cannot take the request (the periodic
         checkpoint signs the records a little later instead)."""
         try:
-            if self.checkpoint_requester is not None:
-                self.checkpoint_requester()
-            else:
-                from .broker import request_checkpoint
-                request_checkpoint(self.sender)
+            from .broker import request_checkpoint
+            request_checkpoint(self.sender)
             return True
         except Exception as exc:  # any transport error: nothing is lost, only later
             log.info("could not request an audit checkpoint: %s", exc)

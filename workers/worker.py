@@ -28,13 +28,14 @@ _stop = threading.Event()
 log = logging.getLogger(__name__)
 
 
-def consumed_queues(consumer) -> set[str]:
-    return {q.name for q in consumer.task_consumer.queues}
+def consumes(queue: str) -> bool:
+    """Whether this worker was started on ``queue`` (`-Q`); set before worker_init fires."""
+    return queue in celery.amqp.queues.consume_from
 
 
 @worker_init.connect
-def _load_model(sender=None, **_):
-    if sender is None or ANALYSIS_QUEUE in sender.app.amqp.queues.consume_from:
+def _load_model(**_):
+    if consumes(ANALYSIS_QUEUE):
         try:
             analysis.load_analyser(runtime)
         except Exception:  # the first task tries again and fails its job visibly
@@ -42,8 +43,8 @@ def _load_model(sender=None, **_):
 
 
 @worker_ready.connect
-def _start_periodic(sender=None, **_):
-    if sender is None or CPU_QUEUE in consumed_queues(sender):
+def _start_periodic(**_):
+    if consumes(CPU_QUEUE):
         periodic.start(runtime, _stop)
 
 

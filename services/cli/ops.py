@@ -25,8 +25,6 @@ DEMO_ACCOUNTS = (("gp", "gp-demo", "gp-demo-pass"),
                  ("dermatologist", "derm-demo", "derm-demo-pass"),
                  ("auditor", "audit-demo", "audit-demo-pass"),
                  ("admin", "admin-demo", "admin-demo-pass"))
-# The analysis worker's Celery node name (%h: this host). One worker process per host or
-# container; `dermatriage health worker` pings exactly this name.
 WSGI_APP = "web.wsgi:app"
 
 
@@ -48,8 +46,9 @@ def web_server_command(host: str, port: int, workers: int, threads: int = 4) -> 
 
 
 def worker_node(queues: tuple[str, ...]) -> str:
-    """Celery node name of a worker on these queues: analysis@host, cpu@host or worker@host
-    (both), so the health check of each container pings its own process."""
+    """Celery node name of a worker on these queues (%h: this host): analysis@host, cpu@host
+    or worker@host (both). One worker process per host or container, so `dermatriage health
+    worker --queues Q` pings exactly its own process."""
     return f"{queues[0] if len(queues) == 1 else 'worker'}@%h"
 
 
