@@ -75,12 +75,17 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
                                   "export of a labelling set (`dermatriage labels export`).")
 @click.option("--min-pattern-labels", type=click.IntRange(1, 100_000), default=10, show_default=True,
               help="Real positives and negatives a pattern needs for its head to count as validated.")
+@click.option("--finetune-from", type=click.IntRange(0, 18), default=0, show_default=True,
+              help="First backbone block that stage 2 fine-tunes (on cached activations of the "
+                   "block before; 11-18), e.g. 14; 0 keeps the backbone frozen (the "
+                   "build: see README for what stage 2 measured).")
 @click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
               help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
-          limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10, device: str = "cpu",
+          limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10,
+          finetune_from: int = 0, device: str = "cpu",
           if_missing: bool = False, quiet: bool = False) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
     trainer = building("services.modelling.train")
@@ -88,9 +93,12 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
         return
+    if 0 < finetune_from < 11:
+        # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
+        raise click.BadParameter("must be 0 (frozen) or between 11 and 18", param_hint="--finetune-from")
     cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss, solver=solver,
                                   synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
-                                  min_pattern_labels=min_pattern_labels)
+                                  min_pattern_labels=min_pattern_labels, finetune_from=finetune_from)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:

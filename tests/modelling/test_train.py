@@ -149,3 +149,50 @@ def test_exact_heads_reach_the_regularised_optimum(classes):
     assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
     strong, _ = train._logistic(z, y, 1.0, cfg, weight=weight, pos_weight=pos)
     assert strong.norm() < 0.5 * w.detach().norm()
+
+
+def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shared_ready, tmp_path):
+    """Stage 2 (``--finetune-from 14``) fine-tunes the blocks from there on, from cached
+    activations of the block before, deterministically. The served network must compute the
+    pooled vector the heads were fitted on; the blocks before and every BatchNorm
+    statistic (train mode would overwrite them) stay ImageNet's."""
+    import torch
+
+    from services.diagnosis.network import BCCPatternNet
+    from services.modelling.imagenet import SHARED_FILE, read_tflite
+
+    cfg = train.RealTrainConfig(**TINY, finetune_from=14)
+    card = train.build_real(tmp_path / "tuned.pt", cfg, progress=False, log=lambda *_: None)
+    assert card.metrics["training_config"]["finetune_from"] == 14
+    again = train.build_real(tmp_path / "again.pt", cfg, progress=False, log=lambda *_: None)
+    assert again.weights_sha256 == card.weights_sha256
+    served = artifact.load(tmp_path / "tuned.pt").model
+    imagenet = BCCPatternNet(cfg.architecture())
+    imagenet.features.load_state_dict(read_tflite(config.shared_models_dir() / SHARED_FILE).features)
+    start = cfg.finetune_from
+    for name, value in imagenet.features.state_dict().items():
+        block = int(name.split(".")[0])
+        tuned = served.features.state_dict()[name]
+        if block < start or "running_" in name or name.endswith("num_batches_tracked"):
+            assert torch.equal(tuned, value), name
+    changed = [n for n, v in imagenet.features.state_dict().items()
+               if int(n.split(".")[0]) >= start and not torch.equal(served.features.state_dict()[n], v)]
+    assert changed, "stage 2 left the last blocks as they were"
+
+    # The cached route (ImageNet blocks up to the cache, the tuned tail after) equals the
+    # served network on the same images.
+    samples = train.shared_samples(8)[:8]
+    small = train.RealTrainConfig(**{**TINY, "views": 1, "synthetic": 0, "finetune_from": 14})
+    feats = train.extract(imagenet.eval(), samples, small, lambda _n: None)
+    cached = train.tail_pooled(served, feats.inner, feats.real, start)[0]
+    images = np.stack([np.asarray(train.load_image(s.path, 224)) for s in samples])
+    from services.diagnosis.preprocess import to_unit
+    with torch.inference_mode():
+        direct = served.eval().embed(to_unit(images)).mean(dim=(2, 3))
+    assert torch.allclose(cached, direct, rtol=1e-2, atol=1e-2 * direct.abs().max().item())
+
+
+def test_train_refuses_a_stage_two_start_whose_cache_would_not_fit(tmp_path):
+    result = CliRunner().invoke(main, ["model", "train", "--finetune-from", "5", "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "--finetune-from" in result.output and "between 11 and 18" in result.output
+    assert not (tmp_path / "m.pt").exists()
