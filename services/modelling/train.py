@@ -531,7 +531,7 @@ def fit_model(model: BCCPatternNet, feats: Features, rows: torch.Tensor | None, 
     fine-tuned features (stage 3: their labels are too few to steer the blocks, and the
     synthetic drawings must not)."""
     x = feats.real if rows is None else feats.real[:, rows]
-    tuned = bool(cfg.finetune_from) and feats.inner is not None and cfg.solver == "exact"
+    tuned = _stage_two(cfg, feats)
     # Stage 2 moves the heads again, so stage 1 only needs to bring them near their optimum.
     train_heads(model, x, labels, feats.synthetic, feats.synthetic_patterns, cfg, seed,
                 max_iter=cfg.stage1_iter if tuned else None, patterns=not tuned)
@@ -546,9 +546,14 @@ def fit_model(model: BCCPatternNet, feats: Features, rows: torch.Tensor | None, 
     model.eval()
 
 
+def _stage_two(cfg: RealTrainConfig, feats: Features) -> bool:
+    # The seed-style AdamW heads (``solver="adamw"``) are the frozen recipe's comparison only.
+    return bool(cfg.finetune_from) and feats.inner is not None and cfg.solver == "exact"
+
+
 def served_pooled(model: BCCPatternNet, feats: Features, rows: torch.Tensor, cfg: RealTrainConfig) -> torch.Tensor:
     """View 0 of ``rows`` as the (possibly fine-tuned) model pools it."""
-    if not cfg.finetune_from or feats.inner is None or cfg.solver != "exact":
+    if not _stage_two(cfg, feats):
         return feats.real[0, rows]
     return tail_pooled(model, feats.inner[:1, rows], feats.real[:1, rows], cfg.finetune_from)[0]
 
