@@ -88,14 +88,14 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
           finetune_from: int = 0, device: str = "cpu",
           if_missing: bool = False, quiet: bool = False) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
+    if 0 < finetune_from < 11:
+        # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
+        raise click.BadParameter("must be 0 (frozen) or between 11 and 18", param_hint="--finetune-from")
     trainer = building("services.modelling.train")
     out = out or config.real_model_path()
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
         return
-    if 0 < finetune_from < 11:
-        # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
-        raise click.BadParameter("must be 0 (frozen) or between 11 and 18", param_hint="--finetune-from")
     cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss, solver=solver,
                                   synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                   min_pattern_labels=min_pattern_labels, finetune_from=finetune_from)
