@@ -442,15 +442,22 @@ def _logistic(z: torch.Tensor, y: torch.Tensor, l2: float, cfg: RealTrainConfig,
 
     def closure():
         opt.zero_grad()
-        logits = z @ w + b
+        # The gradient of z @ w is z.T @ g; autograd computes exactly that product, and
+        # on some hosts' BLAS that transposed product with a handful of columns takes a
+        # slow path: 660 ms against 40 ms for the same numbers as (g.T @ z).T (2 cores,
+        # 10,700 x 5,488 floats, 7 columns). So the matmul's gradient is taken by hand;
+        # the loss's own gradient (small) comes from autograd.
+        zw = (z @ w.detach()).requires_grad_()
+        logits = zw + b
         if classes > 1:
             loss = (_focal(logits, y, cfg.focal_gamma, weight) if cfg.loss == "focal"
                     else F.cross_entropy(logits, y, weight=weight))
         else:
             loss = _binary(logits[:, 0], y.float(), cfg, pos_weight)
-        loss = loss + l2 * (w * w).sum()
         loss.backward()
-        return loss
+        with torch.no_grad():
+            w.grad = (zw.grad.T @ z).T.contiguous() + 2 * l2 * w
+            return loss + l2 * (w * w).sum()
     opt.step(closure)
     return w.detach().T, b.detach()
 
