@@ -2,7 +2,9 @@
 
 Grad-CAM needs, per target c, the weights a_k = mean_ij dy_c/dA^k_ij of the last feature
 map A. Our heads read only the global average of A, p_k = mean_ij A^k_ij, so
-dy_c/dA^k_ij = (1/HW) dy_c/dp_k for every position, and a_k = (1/HW) dy_c/dp_k. The
+dy_c/dA^k_ij = (1/HW) dy_c/dp_k for every position, and a_k = (1/HW) dy_c/dp_k (with the
+real model's centre window, a second mean q_k over it adds its gradient to the same sum:
+``BCCPatternNet.channel_gradients``). The
 backbone never needs a backward pass: the Jacobian of the small heads with respect to the
 pooled vector (8 targets x channels) gives all weights, and one batched contraction with A
 gives all maps. captum's LayerGradCam, by contrast, runs a forward and a backward through
@@ -61,9 +63,9 @@ def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None
     # and the maps' numbers are reported to four decimals).
     with torch.autocast(device_type=x.device.type, enabled=False):
         features = features.float().contiguous()
-        pooled = features.mean(dim=(2, 3))
+        pooled = model.pool(features)
         logits, jac = head_jacobian(model, pooled)
-        signed = signed_cams(features, jac)
+        signed = signed_cams(features, model.channel_gradients(jac))
         raw = torch.relu(signed)
         size = out_size or x.shape[-1]
         up = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)

@@ -51,6 +51,10 @@ class Architecture:
     diagnoses: tuple[str, ...] = ()
     taps: tuple[int, ...] = ()
     squares: bool = False
+    # Side of a central window of the map's grid whose mean is read beside the global mean
+    # (0: the global mean alone). Dermoscopy centres the lesion; the window's mean is the
+    # lesion's texture without the surrounding skin (measured gain in train.py's notes).
+    centre: int = 0
 
     def to_dict(self) -> dict:
         return {"name": self.name, "width_mult": self.width_mult,
@@ -58,7 +62,7 @@ class Architecture:
                 "hidden": list(self.hidden), "dropout": self.dropout,
                 "input_norm": self.input_norm, "same_padding": self.same_padding,
                 "diagnoses": list(self.diagnoses), "taps": list(self.taps),
-                "squares": self.squares}
+                "squares": self.squares, "centre": self.centre}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
@@ -72,7 +76,7 @@ class Architecture:
                    input_norm=d.get("input_norm", "imagenet"),
                    same_padding=bool(d.get("same_padding", False)),
                    diagnoses=tuple(d.get("diagnoses", ())), taps=tuple(d.get("taps", ())),
-                   squares=bool(d.get("squares", False)))
+                   squares=bool(d.get("squares", False)), centre=int(d.get("centre", 0)))
 
 
 def classifier(in_features: int, hidden: tuple[int, ...], out_features: int,
@@ -128,6 +132,9 @@ class BCCPatternNet(nn.Module):
         channels *= 2 if arch.squares else 1
         self.map_channels = channels
         self.hypercolumn = Hypercolumn(arch.squares) if arch.taps else None
+        if arch.centre < 0:
+            raise ValueError("centre must be 0 (global mean only) or a window side")
+        channels *= 2 if arch.centre else 1      # the pooled vector: global mean, centre mean
         # Standardises the pooled vector for the heads (set from training data; identity
         # until then). Linear, so Grad-CAM's gradients pass through it exactly. Saved only
         # for hypercolumn models (the demo's artifacts predate it and need none).
@@ -162,6 +169,29 @@ class BCCPatternNet(nn.Module):
         """The module whose output is the map the heads read (Grad-CAM's target layer)."""
         return self.hypercolumn if self.hypercolumn is not None else self.features
 
+    def pool(self, features: Tensor) -> Tensor:
+        """The vector the heads read from a (B, C, h, w) map: its global mean, then (with
+        ``centre``) the mean of the central ``centre`` x ``centre`` window."""
+        mean = features.mean(dim=(2, 3))
+        k = self.arch.centre
+        if not k:
+            return mean
+        h, w = features.shape[-2:]
+        if k > min(h, w):
+            raise ValueError(f"centre window {k} is larger than the {h}x{w} map")
+        top, left = (h - k) // 2, (w - k) // 2
+        return torch.cat([mean, features[:, :, top:top + k, left:left + k].mean(dim=(2, 3))], dim=1)
+
+    def channel_gradients(self, d_pooled: Tensor) -> Tensor:
+        """Gradients with respect to the pooled vector (..., pooled channels), summed per map
+        channel (..., C). Grad-CAM's weight a_k is the mean over positions of dy/dA^k_ij;
+        the global part contributes dy/dp_k / hw at every position and the centre part
+        dy/dq_k / k^2 at k^2 positions, so a_k = (dy/dp_k + dy/dq_k) / hw."""
+        if not self.arch.centre:
+            return d_pooled
+        c = self.map_channels
+        return d_pooled[..., :c] + d_pooled[..., c:]
+
     def _standardise(self, pooled: Tensor) -> Tensor:
         return (pooled - self.pooled_mean) / self.pooled_std
 
@@ -176,4 +206,4 @@ class BCCPatternNet(nn.Module):
         return self.diagnosis_head(self._standardise(pooled))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.heads(self.embed(x).mean(dim=(2, 3)))
+        return self.heads(self.pool(self.embed(x)))

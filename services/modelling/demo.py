@@ -213,7 +213,7 @@ def build_demo(out: Path, config: TrainConfig = TrainConfig(), progress: bool = 
                 idx = order[s * config.batch_size:(s + 1) * config.batch_size]
                 x, m = augment(x_all[idx], m_all[idx], gen)
                 features = model.embed(x.contiguous(memory_format=torch.channels_last))
-                pooled = features.mean(dim=(2, 3))
+                pooled = model.pool(features)
                 logits = model.heads(pooled)
                 loss = (F.binary_cross_entropy_with_logits(logits[:, :1], y_bcc[idx])
                         + config.pattern_loss_weight

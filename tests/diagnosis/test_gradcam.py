@@ -15,7 +15,10 @@ from tests.factories import random_model
     # read-out, Keras padding and input scaling, and a diagnosis head
     Architecture(width_mult=0.35, output_stride=32, input_size=96, taps=(3, 6, 13, 18), squares=True,
                  hidden=(), input_norm="tf", same_padding=True, diagnoses=("nv", "mel")),
-], ids=["os16", "os32", "hypercolumn"])
+    # ... and as built: the heads also read the mean of the map's central window (5x5 grid here)
+    Architecture(width_mult=0.35, output_stride=32, input_size=160, taps=(3, 6, 13, 18), squares=True,
+                 hidden=(), input_norm="tf", same_padding=True, diagnoses=("nv", "mel"), centre=3),
+], ids=["os16", "os32", "hypercolumn", "hypercolumn-centre"])
 def test_all_target_maps_equal_captum_layer_gradcam(arch):
     model = random_model(arch, seed=3)
     torch.manual_seed(1)

@@ -61,3 +61,26 @@ def test_width_multiplier_and_eight_logits():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 96, 96).contiguous(memory_format=torch.channels_last))
     assert out.shape == (2, 8)
+
+
+def test_centre_window_is_read_beside_the_global_mean():
+    arch = Architecture(width_mult=0.35, output_stride=32, input_size=224, taps=(13, 18), squares=True,
+                        hidden=(), centre=3)
+    model = BCCPatternNet(arch).eval()
+    features = torch.randn(2, model.map_channels, 7, 7)
+    pooled = model.pool(features)
+    c = model.map_channels
+    assert pooled.shape == (2, 2 * c) and model.bcc_head[-1].in_features == 2 * c
+    torch.testing.assert_close(pooled[:, :c], features.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, c:], features[:, :, 2:5, 2:5].mean(dim=(2, 3)))
+    # the window that does not fit the map is refused, not silently clipped
+    try:
+        model.pool(torch.randn(1, c, 2, 2))
+    except ValueError as e:
+        assert "larger than" in str(e)
+    else:
+        raise AssertionError("a 3x3 window on a 2x2 map was accepted")
+    # an artifact saved before the window existed reads as the global mean alone
+    old = arch.to_dict()
+    del old["centre"]
+    assert Architecture.from_dict(old).centre == 0 and Architecture.from_dict(arch.to_dict()) == arch
