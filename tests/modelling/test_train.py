@@ -94,6 +94,16 @@ def test_card_states_what_each_target_was_validated_on(tiny_model):
     assert "synthetic" in loaded.training_data["per_target"]["UL"]
 
 
+def test_bcc_and_diagnoses_read_the_centre_window_and_patterns_only_the_global_mean(tiny_model):
+    model = artifact.load(tiny_model[0]).model
+    c = model.map_channels
+    assert model.arch.centre == 3 and model.pooled_mean.shape == (2 * c,)
+    assert model.bcc_head[-1].weight[:, c:].abs().sum() > 0
+    assert model.diagnosis_head[-1].weight[:, c:].abs().sum() > 0
+    patterns = model.pattern_head[-1].weight
+    assert patterns[:, :c].abs().sum() > 0 and patterns[:, c:].abs().sum() == 0
+
+
 def test_served_model_reports_diagnoses_and_uses_only_validated_patterns(tiny_model, ham_jpegs):
     path, _ = tiny_model
     engine = Engine.load(path, "cpu")
@@ -188,7 +198,7 @@ def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shar
     images = np.stack([np.asarray(train.load_image(s.path, 224)) for s in samples])
     from services.diagnosis.preprocess import to_unit
     with torch.inference_mode():
-        direct = served.eval().embed(to_unit(images)).mean(dim=(2, 3))
+        direct = served.eval().pool(served.embed(to_unit(images)))
     assert torch.allclose(cached, direct, rtol=1e-2, atol=1e-2 * direct.abs().max().item())
 
 
