@@ -92,7 +92,7 @@ from .datasets import DIAGNOSES, Sample, load_dataset, load_derm7pt, load_ham100
 from .imagenet import IMAGENET_ARCH, SHARED_FILE, read_tflite
 
 MODEL_NAME = "dermatriage-real"
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 VALIDATED = "validated on real images"
 NOT_VALIDATED = "not validated on real images"
 INTENDED_USE = (
