@@ -25,7 +25,8 @@ Recipe (SCIENCE.md s.1 where it fits, measured where it does not):
   synthetic drawings must not). The backbone stays in eval mode: the TFLite reader folds
   BatchNorm into the convolutions and leaves identity BatchNorm layers, which train mode
   would turn into batch normalisation; an earlier trial of this stage did that and looked
-  useless (0.93 / 0.86 on the last layer alone). Measured, 5 folds, seed 0, 2026-12-04:
+  useless (0.93 / 0.86 on the last layer alone). Measured before the centre window, 5 folds,
+  seed 0, 2026-12-04:
   BCC 0.966 (frozen 0.961), melanoma 0.898 (0.901), balanced accuracy 0.678 (0.673), PN 0.866
   (0.871), AT 0.898 (0.930), in 1048 s instead of 578. Fold 0 alone had promised 0.705:
   a lesson in per-fold noise. Also on fold 0: 1 epoch gains nothing, a rate of 3e-4 less
