@@ -84,7 +84,7 @@ from ..diagnosis import artifact
 from ..diagnosis.metrics import (auc_with_ci, balanced_accuracy, expected_calibration_error,
                                  sensitivity_specificity, threshold_for_sensitivity,
                                  youden_threshold)
-from ..diagnosis.network import Architecture, BCCPatternNet
+from ..diagnosis.network import Architecture, BCCPatternNet, _out_channels
 from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import PREPROCESSING_VERSION, decode, resize_and_crop, to_unit
 from ..errors import ValidationError
@@ -426,7 +426,7 @@ def _fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synt
     # The pattern heads read the global mean only (zero weights on the centre window): with
     # it, PN fell from 0.871 to 0.864 and AT from 0.930 to 0.924 out of fold (687 Derm7pt
     # images are too few for twice the inputs), while BCC rose from 0.961 to 0.971.
-    cols = model.map_channels if model.arch.centre else z.shape[1]
+    cols = model.map_channels          # the global mean's part of the pooled vector
     for j, code in enumerate(PATTERNS if patterns else ()):
         if code in labels.labelled:
             has = pat[:, j] >= 0
@@ -592,25 +592,13 @@ def _tail(model: BCCPatternNet, x: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def _assemble(model: BCCPatternNet, frozen: torch.Tensor, tail: torch.Tensor, start: int) -> torch.Tensor:
-    """The pooled vector with the tail's part replaced. Its layout, per pooling region
-    (the global mean, then the centre window): means of all taps, then their squares."""
-    split = sum(c for i, c in _tap_channels(model) if i < start)
-    regions = 2 if model.arch.centre else 1
-    width, tail_width = frozen.shape[1] // regions, tail.shape[1] // regions
-    parts = []
-    for r in range(regions):
-        f, t = frozen[:, r * width:(r + 1) * width], tail[:, r * tail_width:(r + 1) * tail_width]
-        if not model.arch.squares:
-            parts += [f[:, :split], t]
-        else:
-            half, tail_half = width // 2, tail_width // 2
-            parts += [f[:, :split], t[:, :tail_half], f[:, half:half + split], t[:, tail_half:]]
-    return torch.cat(parts, 1)
-
-
-def _tap_channels(model: BCCPatternNet) -> list[tuple[int, int]]:
-    from ..diagnosis.network import _out_channels
-    return [(i, _out_channels(model.features[i])) for i in model.arch.taps]
+    """The pooled vector with the tail's part replaced. It is a run of equal segments (per
+    pooling region, the global mean then the centre window: means, then squares), each
+    holding every tap's channels in block order; the tail's taps end each segment."""
+    split = sum(_out_channels(model.features[i]) for i in model.arch.taps if i < start)
+    segments = (2 if model.arch.centre else 1) * (2 if model.arch.squares else 1)
+    f, t = frozen.unflatten(1, (segments, -1)), tail.unflatten(1, (segments, -1))
+    return torch.cat([f[:, :, :split], t], 2).flatten(1)
 
 
 def tail_pooled(model: BCCPatternNet, inner: torch.Tensor, pooled: torch.Tensor, start: int,
