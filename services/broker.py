@@ -7,9 +7,16 @@ the same settings and register the task under that name (workers/tasks.py).
 
 from __future__ import annotations
 
+import logging
+import os
+import uuid
 from pathlib import Path
+from queue import Empty
+from time import monotonic
 
 from celery import Celery
+from kombu.transport import filesystem
+from kombu.utils.json import dumps
 
 from .config import ANALYSIS_QUEUE, CPU_QUEUE, Settings
 
@@ -19,6 +26,47 @@ CHECKPOINT_TASK = "dermatriage.audit_checkpoint"  # cpu queue
 URGENT_PRIORITY, NORMAL_PRIORITY = 0, 6
 
 
+log = logging.getLogger(__name__)
+
+
+class FilesystemChannel(filesystem.Channel):
+    """kombu's filesystem channel with whole-file message delivery.
+
+    kombu creates a message's file under its final name and only then writes it, while a
+    consumer polling the folder takes any file with a matching name. A worker that took one in
+    between read an empty message and stopped ("Unrecoverable error: JSONDecodeError"): the
+    embedded stack lost its only worker (measured: 260 of 3,000 messages read empty when
+    another process polled as the worker does). Here the message is written under a name that
+    no queue matches and renamed into place, which is atomic: a reader sees all of it or
+    nothing. A file that still does not parse (a disk fault, a hand-made file) is logged and
+    dropped instead of ending the worker; the sweeper re-sends its job after a lease.
+    """
+
+    def _put(self, queue, payload, **kwargs):
+        name = f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.part")   # matches no queue
+        try:
+            with open(partial, "wb") as f:
+                f.write(dumps(payload).encode())
+            os.replace(partial, final)
+        except OSError as exc:
+            raise filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue):
+        try:
+            return super()._get(queue)
+        except ValueError as exc:       # the file was taken (removed) before it was parsed
+            log.error("dropped an unreadable message from queue %s: %s", queue, exc)
+            raise Empty() from exc
+
+
+class FilesystemTransport(filesystem.Transport):
+    """The embedded broker (``filesystem://``), with :class:`FilesystemChannel`."""
+
+    Channel = FilesystemChannel
+
+
 def make_celery(settings: Settings) -> Celery:
     options = settings.broker_transport_options
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
@@ -26,6 +74,9 @@ def make_celery(settings: Settings) -> Celery:
             Path(options[key]).mkdir(parents=True, exist_ok=True)
     celery = Celery("dermatriage")
     celery.config_from_object(settings.celery_config())
+    if settings.broker_url.startswith("filesystem"):
+        # An explicit transport takes precedence over the URL's scheme (kombu.Connection).
+        celery.conf.broker_transport = FilesystemTransport
     return celery
 
 

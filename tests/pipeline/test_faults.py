@@ -76,3 +76,23 @@ def test_broker_down_at_submission_case_accepted_and_analysed_once(make_product,
         stop(worker)
     assert_analysed_exactly_once(rt, case_id, 2)
     assert job_of(rt, case_id).dispatches >= 1
+
+
+def test_embedded_worker_survives_an_unreadable_message(embedded_stack, ham_jpegs, tmp_path):
+    """A message file that does not parse (kombu's writer used to leave one for a moment; a
+    disk fault can leave one for good) is dropped; before, the worker stopped for good."""
+    rt = embedded_stack.runtime()
+    queue = rt.settings.data_dir / "broker" / "queue"
+    worker = embedded_stack.start_worker(tmp_path / "w.log")
+    try:
+        queue.mkdir(parents=True, exist_ok=True)
+        (queue / "0_unreadable.analysis.msg").write_bytes(b'{"half a mess')
+        wait_until(lambda: not (queue / "0_unreadable.analysis.msg").exists(), timeout=60,
+                   what="the worker to take the unreadable message")
+        case_id = submit(embedded_stack, ham_jpegs[:1])
+        wait_until(lambda: job_of(rt, case_id).status == "done", timeout=90, what="the job to finish")
+        assert worker.poll() is None
+    finally:
+        stop(worker)
+    assert_analysed_exactly_once(rt, case_id, 1)
+    assert "dropped an unreadable message" in (tmp_path / "w.log").read_text()
