@@ -107,12 +107,12 @@ def run_stack(name: str, env_extra: dict, n: int, images: list[bytes], model: Pa
 
         # Warm the worker (model load) with one case outside the measurement.
         warm = submit(10_000)
-        _wait_status(rt, [warm], 120)
+        _wait_status(rt, [warm], 120, procs[1], tmp / "processes.log")
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             ids = list(pool.map(submit, range(n)))
         intake_s = time.perf_counter() - t0
-        _wait_status(rt, ids, 600)
+        _wait_status(rt, ids, 600, procs[1], tmp / "processes.log")
         with rt.read() as s:
             rows = s.execute(select(Case.created_at, Case.queued_at).where(Case.id.in_(ids))).all()
         lat = sorted((q - c).total_seconds() for c, q in rows)
@@ -125,7 +125,7 @@ def run_stack(name: str, env_extra: dict, n: int, images: list[bytes], model: Pa
         with ThreadPoolExecutor(clients) as pool:
             backlog_ids = list(pool.map(submit, range(n, 2 * n)))
         procs.append(start(worker_args))
-        _wait_status(rt, backlog_ids, 600)
+        _wait_status(rt, backlog_ids, 600, procs[2], tmp / "processes.log")
         with rt.read() as s:
             first = s.scalar(select(func.min(AnalysisJob.started_at)).where(AnalysisJob.case_id.in_(backlog_ids)))
             last = s.scalar(select(func.max(Case.queued_at)).where(Case.id.in_(backlog_ids)))
@@ -146,18 +146,27 @@ def _terminate(p: subprocess.Popen) -> None:
         p.wait()
 
 
-def _wait_status(rt, ids: list[str], timeout: float) -> None:
+def _wait_status(rt, ids: list[str], timeout: float, worker: subprocess.Popen, log: Path) -> None:
+    """Until every case is queued; a worker that exits ends the wait at once, and either
+    failure carries the end of the processes' log (the run's folder is temporary)."""
     from sqlalchemy import func, select
     from ..models import Case
     end = time.time() + timeout
-    while time.time() < end:
+    while True:
         with rt.read() as s:
             done = s.scalar(select(func.count()).select_from(Case).where(
                 Case.id.in_(ids), Case.queued_at.is_not(None)))
         if done == len(ids):
             return
+        if worker.poll() is not None:
+            problem = f"the worker exited (code {worker.returncode}) with {done} of {len(ids)} cases queued"
+            break
+        if time.time() > end:
+            problem = f"only {done} of {len(ids)} cases were queued within {timeout}s"
+            break
         time.sleep(0.1)
-    raise RuntimeError(f"only {done} of {len(ids)} cases were queued within {timeout}s")
+    tail = log.read_bytes()[-4000:].decode(errors="replace")
+    raise RuntimeError(f"{problem}; the end of {log}:\n{tail}")
 
 
 def bench_pipeline(n: int, stacks: list[str], model: Path, shared: Path, postgres_admin_url: str,
