@@ -63,7 +63,7 @@ def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None
     # and the maps' numbers are reported to four decimals).
     with torch.autocast(device_type=x.device.type, enabled=False):
         features = features.float().contiguous()
-        pooled = model.pool(features)
+        pooled = model.pool(features, model.lesion_cells(x, features))
         logits, jac = head_jacobian(model, pooled)
         signed = signed_cams(features, model.channel_gradients(jac))
         raw = torch.relu(signed)

@@ -51,3 +51,10 @@ def lesion_masks(rgb01: Tensor, work_size: int = 64) -> tuple[Tensor, list[str]]
             mask[i] = disc
             methods.append("centre_disc")
     return mask, methods
+
+
+def lesion_cells(rgb01: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, 3, S, S) in [0, 1] -> (B, 1, h, w): the share of each cell of an h x w grid (the
+    network's map) that lies on the lesion, for pooling the map over the lesion."""
+    mask, _ = lesion_masks(rgb01.float())
+    return F.adaptive_avg_pool2d(mask.float().unsqueeze(1), size)

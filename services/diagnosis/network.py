@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
+from .lesion import lesion_cells
 from .mobilenet_v2 import MobileNetV2Features, init_weights
 from .patterns import PATTERNS
 
@@ -55,6 +56,9 @@ class Architecture:
     # (0: the global mean alone). Dermoscopy centres the lesion; the window's mean is the
     # lesion's texture without the surrounding skin (measured gain in train.py's notes).
     centre: int = 0
+    # Also read the map's mean over the lesion (the engine's Otsu mask, per cell of the map):
+    # the centre window assumes where the lesion is, the mask finds it (train.py's notes).
+    lesion: bool = False
 
     def to_dict(self) -> dict:
         return {"name": self.name, "width_mult": self.width_mult,
@@ -62,7 +66,7 @@ class Architecture:
                 "hidden": list(self.hidden), "dropout": self.dropout,
                 "input_norm": self.input_norm, "same_padding": self.same_padding,
                 "diagnoses": list(self.diagnoses), "taps": list(self.taps),
-                "squares": self.squares, "centre": self.centre}
+                "squares": self.squares, "centre": self.centre, "lesion": self.lesion}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
@@ -76,7 +80,8 @@ class Architecture:
                    input_norm=d.get("input_norm", "imagenet"),
                    same_padding=bool(d.get("same_padding", False)),
                    diagnoses=tuple(d.get("diagnoses", ())), taps=tuple(d.get("taps", ())),
-                   squares=bool(d.get("squares", False)), centre=int(d.get("centre", 0)))
+                   squares=bool(d.get("squares", False)), centre=int(d.get("centre", 0)),
+                   lesion=bool(d.get("lesion", False)))
 
 
 def classifier(in_features: int, hidden: tuple[int, ...], out_features: int,
@@ -134,7 +139,9 @@ class BCCPatternNet(nn.Module):
         self.hypercolumn = Hypercolumn(arch.squares) if arch.taps else None
         if arch.centre < 0:
             raise ValueError("centre must be 0 (global mean only) or a window side")
-        channels *= 2 if arch.centre else 1      # the pooled vector: global mean, centre mean
+        # The pooled vector: global mean, centre window's mean, lesion's mean (those used).
+        self.pooled_parts = 1 + bool(arch.centre) + arch.lesion
+        channels *= self.pooled_parts
         # Standardises the pooled vector for the heads (set from training data; identity
         # until then). Linear, so Grad-CAM's gradients pass through it exactly. Saved only
         # for hypercolumn models (the demo's artifacts predate it and need none).
@@ -169,28 +176,43 @@ class BCCPatternNet(nn.Module):
         """The module whose output is the map the heads read (Grad-CAM's target layer)."""
         return self.hypercolumn if self.hypercolumn is not None else self.features
 
-    def pool(self, features: Tensor) -> Tensor:
+    def lesion_cells(self, x: Tensor, features: Tensor) -> Tensor | None:
+        """What ``pool`` needs besides the map: the lesion's share of each map cell, found in
+        the (B, 3, S, S) images ``x`` in [0, 1]; None when the heads do not read the lesion."""
+        return lesion_cells(x, features.shape[-2:]) if self.arch.lesion else None
+
+    def pool(self, features: Tensor, cells: Tensor | None = None) -> Tensor:
         """The vector the heads read from a (B, C, h, w) map: its global mean, then (with
-        ``centre``) the mean of the central ``centre`` x ``centre`` window."""
-        mean = features.mean(dim=(2, 3))
-        k = self.arch.centre
-        if not k:
-            return mean
+        ``centre``) the mean of the central ``centre`` x ``centre`` window, then (with
+        ``lesion``) its mean weighted by the lesion's share of each cell, ``cells``."""
+        parts = [features.mean(dim=(2, 3))]
         h, w = features.shape[-2:]
-        if k > min(h, w):
-            raise ValueError(f"centre window {k} is larger than the {h}x{w} map")
-        top, left = (h - k) // 2, (w - k) // 2
-        return torch.cat([mean, features[:, :, top:top + k, left:left + k].mean(dim=(2, 3))], dim=1)
+        if k := self.arch.centre:
+            if k > min(h, w):
+                raise ValueError(f"centre window {k} is larger than the {h}x{w} map")
+            top, left = (h - k) // 2, (w - k) // 2
+            parts.append(features[:, :, top:top + k, left:left + k].mean(dim=(2, 3)))
+        if self.arch.lesion:
+            if cells is None or cells.shape[-2:] != (h, w):
+                raise ValueError(f"the lesion pooling needs the lesion's share of each of the {h}x{w} cells")
+            cells = cells.to(features.dtype)
+            parts.append((features * cells).sum(dim=(2, 3)) / cells.sum(dim=(2, 3)).clamp_min(1e-6))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """The heads' input for (B, 3, S, S) images in [0, 1]."""
+        features = self.embed(x)
+        return self.pool(features, self.lesion_cells(x, features))
 
     def channel_gradients(self, d_pooled: Tensor) -> Tensor:
         """Gradients with respect to the pooled vector (..., pooled channels), summed per map
-        channel (..., C). Grad-CAM's weight a_k is the mean over positions of dy/dA^k_ij;
-        the global part contributes dy/dp_k / hw at every position and the centre part
-        dy/dq_k / k^2 at k^2 positions, so a_k = (dy/dp_k + dy/dq_k) / hw."""
-        if not self.arch.centre:
+        channel (..., C). Grad-CAM's weight a_k is the mean over positions of dy/dA^k_ij:
+        the global part contributes dy/dp_k / hw at every position, the centre part
+        dy/dq_k / k^2 at k^2 positions and the lesion part dy/dr_k w_ij / sum(w) at each
+        position ij; each sums to its gradient / hw, so a_k = (dy/dp_k + dy/dq_k + dy/dr_k) / hw."""
+        if self.pooled_parts == 1:
             return d_pooled
-        c = self.map_channels
-        return d_pooled[..., :c] + d_pooled[..., c:]
+        return d_pooled.unflatten(-1, (self.pooled_parts, self.map_channels)).sum(-2)
 
     def _standardise(self, pooled: Tensor) -> Tensor:
         return (pooled - self.pooled_mean) / self.pooled_std
@@ -206,4 +228,4 @@ class BCCPatternNet(nn.Module):
         return self.diagnosis_head(self._standardise(pooled))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.heads(self.pool(self.embed(x)))
+        return self.heads(self.pooled(x))

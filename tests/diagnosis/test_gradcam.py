@@ -18,11 +18,21 @@ from tests.factories import random_model
     # ... and as built: the heads also read the mean of the map's central window (5x5 grid here)
     Architecture(width_mult=0.35, output_stride=32, input_size=160, taps=(3, 6, 13, 18), squares=True,
                  hidden=(), input_norm="tf", same_padding=True, diagnoses=("nv", "mel"), centre=3),
-], ids=["os16", "os32", "hypercolumn", "hypercolumn-centre"])
+    # ... and its mean over the lesion found in the image (weights per map cell)
+    Architecture(width_mult=0.35, output_stride=32, input_size=160, taps=(3, 6, 13, 18), squares=True,
+                 hidden=(), input_norm="tf", same_padding=True, diagnoses=("nv", "mel"), centre=3,
+                 lesion=True),
+], ids=["os16", "os32", "hypercolumn", "hypercolumn-centre", "hypercolumn-centre-lesion"])
 def test_all_target_maps_equal_captum_layer_gradcam(arch):
     model = random_model(arch, seed=3)
     torch.manual_seed(1)
-    x = torch.randn(4, 3, arch.input_size, arch.input_size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, arch.input_size, arch.input_size)
+    if arch.lesion:     # images in [0, 1] with a dark blob off-centre: a lesion to find
+        yy, xx = torch.meshgrid(torch.arange(arch.input_size), torch.arange(arch.input_size), indexing="ij")
+        blob = ((yy - 50) ** 2 + (xx - 60) ** 2 < 35 ** 2).float()
+        x = (0.8 - 0.5 * blob + 0.05 * x).clamp(0, 1)
+        assert model.lesion_cells(x, model.embed(x)).std() > 0.1
+    x = x.contiguous(memory_format=torch.channels_last)
     ours = all_target_cams(model, x)
     lgc = LayerGradCam(model, model.map_layer())
     for t in range(8):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from services.diagnosis.mobilenet_v2 import MobileNetV2Features
@@ -84,3 +85,34 @@ def test_centre_window_is_read_beside_the_global_mean():
     old = arch.to_dict()
     del old["centre"]
     assert Architecture.from_dict(old).centre == 0 and Architecture.from_dict(arch.to_dict()) == arch
+
+
+def test_lesion_mean_is_read_after_the_centre_window():
+    arch = Architecture(width_mult=0.35, output_stride=32, input_size=224, taps=(13, 18), squares=True,
+                        hidden=(), centre=3, lesion=True)
+    model = BCCPatternNet(arch).eval()
+    c = model.map_channels
+    features = torch.randn(2, c, 7, 7)
+    cells = torch.zeros(2, 1, 7, 7)
+    cells[0, 0, 0, 0], cells[0, 0, 6, 5] = 1.0, 0.5        # a lesion off the centre window
+    cells[1, 0, 3, :] = 0.25
+    pooled = model.pool(features, cells)
+    assert pooled.shape == (2, 3 * c) and model.bcc_head[-1].in_features == 3 * c
+    torch.testing.assert_close(pooled[:, :c], features.mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, c:2 * c], features[:, :, 2:5, 2:5].mean(dim=(2, 3)))
+    torch.testing.assert_close(pooled[0, 2 * c:], (features[0, :, 0, 0] + 0.5 * features[0, :, 6, 5]) / 1.5)
+    torch.testing.assert_close(pooled[1, 2 * c:], features[1, :, 3, :].mean(dim=1))
+    # the served forward finds the lesion in the image itself: a dark square in the top left
+    # (cells are 32 px wide: 2.5 cells of the 7x7 grid)
+    img = torch.full((1, 3, 224, 224), 0.8)
+    img[:, :, :80, :80] = 0.2
+    cells = model.lesion_cells(img, torch.zeros(1, c, 7, 7))
+    assert cells[0, 0, :2, :2].min() == 1 and 0 < cells[0, 0, 2, 2] < 1 and cells[0, 0, 3:, 3:].sum() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(img), model.heads(model.pool(model.embed(img), cells)))
+    with pytest.raises(ValueError, match="lesion"):
+        model.pool(features)
+    # artifacts saved before the lesion pooling existed read without it
+    old = arch.to_dict()
+    del old["lesion"]
+    assert not Architecture.from_dict(old).lesion and Architecture.from_dict(arch.to_dict()) == arch

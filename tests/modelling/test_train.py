@@ -94,10 +94,10 @@ def test_card_states_what_each_target_was_validated_on(tiny_model):
     assert "synthetic" in loaded.training_data["per_target"]["UL"]
 
 
-def test_bcc_and_diagnoses_read_the_centre_window_and_patterns_only_the_global_mean(tiny_model):
+def test_bcc_and_diagnoses_read_the_centre_and_the_lesion_and_patterns_only_the_global_mean(tiny_model):
     model = artifact.load(tiny_model[0]).model
     c = model.map_channels
-    assert model.arch.centre == 3 and model.pooled_mean.shape == (2 * c,)
+    assert model.arch.centre == 3 and model.arch.lesion and model.pooled_mean.shape == (3 * c,)
     assert model.bcc_head[-1].weight[:, c:].abs().sum() > 0
     assert model.diagnosis_head[-1].weight[:, c:].abs().sum() > 0
     patterns = model.pattern_head[-1].weight
@@ -194,11 +194,12 @@ def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shar
     samples = train.shared_samples(8)[:8]
     small = train.RealTrainConfig(**{**TINY, "views": 1, "synthetic": 0, "finetune_from": 14})
     feats = train.extract(imagenet.eval(), samples, small, lambda _n: None)
-    cached = train.tail_pooled(served, feats.inner, feats.real, start)[0]
+    assert feats.cells is not None and feats.cells.shape == (1, 8, 1, 7, 7)   # the lesion pooling's input
+    cached = train.tail_pooled(served, feats.inner, feats.real, start, feats.cells)[0]
     images = np.stack([np.asarray(train.load_image(s.path, 224)) for s in samples])
     from services.diagnosis.preprocess import to_unit
     with torch.inference_mode():
-        direct = served.eval().pool(served.embed(to_unit(images)))
+        direct = served.eval().pooled(to_unit(images))
     assert torch.allclose(cached, direct, rtol=1e-2, atol=1e-2 * direct.abs().max().item())
 
 
