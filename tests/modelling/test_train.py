@@ -13,7 +13,8 @@ from services.diagnosis.engine import Engine
 from services.diagnosis.patterns import PATTERNS
 from services.modelling import train
 
-TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2)
+# With the lesion pooling (opt-in: --lesion), so that its training and serving paths are tested.
+TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2, lesion=True)
 
 
 @pytest.fixture(scope="module")
