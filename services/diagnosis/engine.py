@@ -128,13 +128,14 @@ class Engine:
         """Probabilities, all eight maps, their numbers and the clinical explanation."""
         with self._lock, self._autocast():
             x = self._to_device(x)
-            cams = all_target_cams(self.model, x)
+            # One lesion mask per image serves both the lesion pooling and the map numbers.
+            lesion, methods = lesion_masks(x.float())
+            cams = all_target_cams(self.model, x, lesion=lesion)
             with torch.no_grad():
                 dx_logits = self.model.diagnosis_logits(cams.pooled)
         probs = torch.sigmoid(cams.logits * self._scale + self._bias)
         diagnoses = (None if dx_logits is None
                      else torch.softmax(dx_logits.float() * self._dx_scale + self._dx_bias, dim=1))
-        lesion, methods = lesion_masks(x.float())
         numbers = as_records(map_numbers(cams.normalised, cams.peak_raw, probs, lesion.to(x.device)))
         p = probs.tolist()
         clinical = []

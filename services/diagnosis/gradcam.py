@@ -55,15 +55,17 @@ def head_jacobian(model: BCCPatternNet, pooled: Tensor) -> tuple[Tensor, Tensor]
     return logits.detach(), torch.stack(grads, dim=1)
 
 
-def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None) -> CamOutput:
-    """Logits and Grad-CAM maps for all targets of a batch; no backbone backward pass."""
+def all_target_cams(model: BCCPatternNet, x: Tensor, out_size: int | None = None,
+                    lesion: Tensor | None = None) -> CamOutput:
+    """Logits and Grad-CAM maps for all targets of a batch; no backbone backward pass.
+    ``lesion``: the images' lesion masks where the caller has them already."""
     with torch.no_grad():
         features = model.embed(x)
     # The backbone may run under autocast; heads and maps stay in float32 (they are cheap,
     # and the maps' numbers are reported to four decimals).
     with torch.autocast(device_type=x.device.type, enabled=False):
         features = features.float().contiguous()
-        pooled = model.pool(features, model.lesion_cells(x, features))
+        pooled = model.pool(features, model.lesion_cells(x, features, lesion))
         logits, jac = head_jacobian(model, pooled)
         signed = signed_cams(features, model.channel_gradients(jac))
         raw = torch.relu(signed)

@@ -53,8 +53,7 @@ def lesion_masks(rgb01: Tensor, work_size: int = 64) -> tuple[Tensor, list[str]]
     return mask, methods
 
 
-def lesion_cells(rgb01: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, 3, S, S) in [0, 1] -> (B, 1, h, w): the share of each cell of an h x w grid (the
+def lesion_cells(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, S, S) lesion masks -> (B, 1, h, w): the share of each cell of an h x w grid (the
     network's map) that lies on the lesion, for pooling the map over the lesion."""
-    mask, _ = lesion_masks(rgb01.float())
     return F.adaptive_avg_pool2d(mask.float().unsqueeze(1), size)

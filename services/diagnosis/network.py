@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .lesion import lesion_cells
+from .lesion import lesion_cells, lesion_masks
 from .mobilenet_v2 import MobileNetV2Features, init_weights
 from .patterns import PATTERNS
 
@@ -176,10 +176,15 @@ class BCCPatternNet(nn.Module):
         """The module whose output is the map the heads read (Grad-CAM's target layer)."""
         return self.hypercolumn if self.hypercolumn is not None else self.features
 
-    def lesion_cells(self, x: Tensor, features: Tensor) -> Tensor | None:
-        """What ``pool`` needs besides the map: the lesion's share of each map cell, found in
-        the (B, 3, S, S) images ``x`` in [0, 1]; None when the heads do not read the lesion."""
-        return lesion_cells(x, features.shape[-2:]) if self.arch.lesion else None
+    def lesion_cells(self, x: Tensor, features: Tensor, mask: Tensor | None = None) -> Tensor | None:
+        """What ``pool`` needs besides the map: the lesion's share of each map cell, from
+        ``mask`` (B, S, S) or else found in the (B, 3, S, S) images ``x`` in [0, 1]; None
+        when the heads do not read the lesion."""
+        if not self.arch.lesion:
+            return None
+        if mask is None:
+            mask, _ = lesion_masks(x.float())
+        return lesion_cells(mask, features.shape[-2:])
 
     def pool(self, features: Tensor, cells: Tensor | None = None) -> Tensor:
         """The vector the heads read from a (B, C, h, w) map: its global mean, then (with
