@@ -208,3 +208,44 @@ def test_train_refuses_a_stage_two_start_whose_cache_would_not_fit(tmp_path):
     result = CliRunner().invoke(main, ["model", "train", "--finetune-from", "5", "--out", str(tmp_path / "m.pt")])
     assert result.exit_code == 2 and "--finetune-from" in result.output and "between 11 and 18" in result.output
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
+    """``fit_readouts`` minimises the folds' BCC and diagnosis objectives together, each in
+    its own standardisation: at its result every fold's own gradient vanishes, and its
+    read-out predicts what that fold's separate fits (``_logistic``) predict."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    views, n, c = 2, 240, 10
+    x = torch.randn(views, n, c, generator=gen) * torch.linspace(0.5, 3, c) + torch.linspace(-2, 2, c)
+    truth = torch.randn(c, 7, generator=gen)
+    dx = (x[0] @ truth).argmax(1)
+    dx[::11] = -1                                   # images without a diagnosis
+    bcc = (dx == 2).long()
+    bcc[::7] = -1                                   # and without a BCC label
+    labels = train.Labels(dx, bcc, torch.full((n, len(PATTERNS)), -1))
+    folds = torch.arange(n) % 3
+    sets = [folds != k for k in range(3)] + [torch.ones(n, dtype=torch.bool)]
+    cfg = train.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02)
+    readouts = train.fit_readouts(x, labels, sets, cfg)
+    assert len(readouts) == 4
+    for rows, r in zip(sets, readouts):
+        flat, d, b = x[:, rows].reshape(-1, c), dx[rows].repeat(views), bcc[rows].repeat(views)
+        assert torch.allclose(r.mean, flat.mean(0)) and torch.allclose(r.std, flat.std(0))
+        z = (flat - r.mean) / r.std
+        w = r.weight.clone().requires_grad_(True)
+        bias = r.bias.clone().requires_grad_(True)
+        logits = z @ w + bias
+        weight, pos = train._class_weights(d, 7), train._pos_weight(b[b >= 0])
+        loss = (F.cross_entropy(logits[d >= 0, :7], d[d >= 0], weight=weight) + 0.01 * w[:, :7].square().sum()
+                + F.binary_cross_entropy_with_logits(logits[b >= 0, 7], b[b >= 0].float(), pos_weight=pos)
+                + 0.02 * w[:, 7].square().sum())
+        loss.backward()
+        assert w.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3
+        alone, alone_b = train._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight)
+        # Softmax logits are defined up to a constant per image (the biases are not penalised).
+        assert torch.allclose(logits[:, :7].detach().softmax(1), (z @ alone.T + alone_b).softmax(1), atol=1e-3)
+        alone, alone_b = train._logistic(z[b >= 0], b[b >= 0], 0.02, cfg, pos_weight=pos)
+        assert torch.allclose(logits[:, 7:].detach().sigmoid(), (z @ alone.T + alone_b).sigmoid(), atol=1e-3)
