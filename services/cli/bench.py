@@ -42,7 +42,9 @@ def explain(batch: int, rounds: int, model_path: Path | None, device: str | None
         click.echo(f"batch {batch} on {result['device']}: forward {m['forward']:.3f}s  "
                    f"full {m['full']:.3f}s  captum {m['captum']:.3f}s")
         click.echo(f"full_over_forward {result['full_over_forward']}  "
-                   f"captum_over_full {result['captum_over_full']}")
+                   f"captum_over_full {result['captum_over_full']}"
+                   + (f"  one_pass_over_passes {result['one_pass_over_passes']}"
+                      if "one_pass_over_passes" in result else ""))
 
 
 @bench.command("pipeline")

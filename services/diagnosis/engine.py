@@ -84,6 +84,10 @@ class BatchExplanation:
     lesion_methods: list[str]
 
 
+# Images per forward and backward pass on the CPU (``Engine.explain_tensors``).
+CPU_PASS = 4
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     if preferred:
         return torch.device(preferred)
@@ -119,13 +123,36 @@ class Engine:
         return {"name": self.card.name, "version": self.card.version,
                 "weights_sha256": self.card.weights_sha256}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain inference (logits), the baseline the benchmark compares against."""
+    def forward(self, x: torch.Tensor, pass_size: int | None = None) -> torch.Tensor:
+        """Plain inference (logits), the baseline the benchmark compares against; in the
+        same passes as ``explain_tensors``."""
+        step = self._pass_size(len(x), pass_size)
         with self._lock, torch.inference_mode(), self._autocast():
-            return self.model(self._to_device(x)).float()
+            return torch.cat([self.model(self._to_device(x[i:i + step])).float()
+                              for i in range(0, len(x), step)])
 
-    def explain_tensors(self, x: torch.Tensor) -> BatchExplanation:
-        """Probabilities, all eight maps, their numbers and the clinical explanation."""
+    def _pass_size(self, n: int, pass_size: int | None) -> int:
+        return max(1, pass_size or (CPU_PASS if self.device.type == "cpu" else n))
+
+    def explain_tensors(self, x: torch.Tensor, pass_size: int | None = None) -> BatchExplanation:
+        """Probabilities, all eight maps, their numbers and the clinical explanation.
+
+        On the CPU in passes of ``pass_size`` (default ``CPU_PASS``) images: a larger pass's activations
+        (and Grad-CAM's gradients) are blocks over glibc's 32 MB mmap limit, fresh pages
+        every pass (services/memory.py). Measured with its settings, 2 cores, real model,
+        2026-12-04, alternating: 16 images as 4 passes of 4 47.9 images/s, as one pass 35.6."""
+        step = self._pass_size(len(x), pass_size)
+        if len(x) <= step:
+            return self._explain(x)
+        parts = [self._explain(x[i:i + step]) for i in range(0, len(x), step)]
+        return BatchExplanation(
+            probabilities=torch.cat([p.probabilities for p in parts]),
+            diagnoses=None if parts[0].diagnoses is None else torch.cat([p.diagnoses for p in parts]),
+            raw=torch.cat([p.raw for p in parts]), normalised=torch.cat([p.normalised for p in parts]),
+            numbers=[n for p in parts for n in p.numbers], clinical=[c for p in parts for c in p.clinical],
+            lesion_methods=[m for p in parts for m in p.lesion_methods])
+
+    def _explain(self, x: torch.Tensor) -> BatchExplanation:
         with self._lock, self._autocast():
             x = self._to_device(x)
             # One lesion mask per image serves both the lesion pooling and the map numbers.

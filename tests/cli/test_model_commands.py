@@ -33,6 +33,7 @@ def test_bench_explain_prints_ratios(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["full_over_forward"] > 0 and out["captum_over_full"] > 0
+    assert out["one_pass_over_passes"] > 0      # on the CPU: one pass against passes of 4
     assert out["max_abs_diff_normalised_vs_captum"] < 1e-3
 
 

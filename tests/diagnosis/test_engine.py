@@ -72,3 +72,27 @@ def test_real_dermoscopic_jpegs(small_engine, ham_jpegs):
     results = small_engine.analyse(ham_jpegs)
     assert all(r.quality.acceptable for r in results)
     assert {r.lesion_mask_method for r in results} <= {"otsu", "centre_disc"}
+
+
+def test_cpu_passes_of_a_large_batch_give_what_one_pass_gives(small_engine, images, monkeypatch):
+    """On the CPU a batch runs in passes of ``CPU_PASS`` images (page faults: engine.py);
+    the pieces come back in order, every field of the batch's explanation."""
+    import torch
+
+    from services.diagnosis import engine as engine_module
+    from services.diagnosis.preprocess import prepare
+
+    x = torch.stack([prepare(b, small_engine.input_size).tensor for b in images + images[:1]])
+    whole = small_engine.explain_tensors(x, pass_size=len(x))
+    monkeypatch.setattr(engine_module, "CPU_PASS", 4)
+    passes = small_engine.explain_tensors(x)
+    torch.testing.assert_close(small_engine.forward(x), small_engine.forward(x, pass_size=len(x)),
+                               atol=1e-4, rtol=1e-3)
+    for field in ("probabilities", "raw", "normalised"):
+        assert getattr(passes, field).shape == getattr(whole, field).shape
+        torch.testing.assert_close(getattr(passes, field), getattr(whole, field), atol=1e-4, rtol=1e-3)
+    assert passes.lesion_methods == whole.lesion_methods
+    assert [c.diagnosis for c in passes.clinical] == [c.diagnosis for c in whole.clinical]
+    np.testing.assert_allclose([[n.peak for n in row] for row in passes.numbers],
+                               [[n.peak for n in row] for row in whole.numbers], atol=1e-3)
+    assert len(passes.numbers) == len(passes.clinical) == len(x) == 6
