@@ -84,8 +84,8 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
                    "read beside its global mean (0: the global mean alone).")
 @click.option("--lesion/--no-lesion", default=True, show_default=True,
               help="The BCC and diagnosis heads also read the map's mean over the lesion "
-                   "(the engine's Otsu mask): balanced accuracy 0.685 -> 0.697, 2-3 minutes "
-                   "more build on 2 cores (README).")
+                   "(the engine's Otsu mask): balanced accuracy 0.685 -> 0.697 out of fold "
+                   "(README).")
 @click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
               help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")

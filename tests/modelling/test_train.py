@@ -13,7 +13,7 @@ from services.diagnosis.engine import Engine
 from services.diagnosis.patterns import PATTERNS
 from services.modelling import train
 
-# With the lesion pooling (opt-in: --lesion), so that its training and serving paths are tested.
+# With the lesion pooling (the default; explicit here, since the tests below rely on it).
 TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2, lesion=True)
 
 
