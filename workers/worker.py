@@ -17,6 +17,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from services import analysis
 from services.config import ANALYSIS_QUEUE, CPU_QUEUE
+from services.memory import retain_freed_memory
 from services.runtime import build
 
 from . import periodic, tasks
@@ -35,6 +36,9 @@ def consumes(queue: str) -> bool:
 
 @worker_init.connect
 def _load_model(**_):
+    # This is a fresh interpreter (`python -m celery`), not the console script's process:
+    # apply its malloc settings here too (services/memory.py).
+    retain_freed_memory()
     if consumes(ANALYSIS_QUEUE):
         try:
             analysis.load_analyser(runtime)
