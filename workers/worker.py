@@ -35,10 +35,14 @@ def consumes(queue: str) -> bool:
 
 
 @worker_init.connect
-def _load_model(**_):
-    # This is a fresh interpreter (`python -m celery`), not the console script's process:
-    # apply its malloc settings here too (services/memory.py).
+def _retain_freed_memory(**_):
+    # A fresh interpreter (`python -m celery`), not the console script's process, which
+    # applies these malloc settings itself (services/memory.py).
     retain_freed_memory()
+
+
+@worker_init.connect
+def _load_model(**_):
     if consumes(ANALYSIS_QUEUE):
         try:
             analysis.load_analyser(runtime)

@@ -691,6 +691,12 @@ def _stage_two(cfg: RealTrainConfig, feats: Features) -> bool:
     return bool(cfg.finetune_from) and feats.inner is not None and cfg.solver == "exact"
 
 
+def _one_solve(cfg: RealTrainConfig, feats: Features) -> bool:
+    """Whether the folds' read-outs are one solve (``fit_readouts``): the exact fits on the
+    frozen backbone; stage 2 and the AdamW heads go fold by fold."""
+    return not _stage_two(cfg, feats) and cfg.solver == "exact"
+
+
 def served_pooled(model: BCCPatternNet, feats: Features, rows: torch.Tensor, cfg: RealTrainConfig) -> torch.Tensor:
     """View 0 of ``rows`` as the (possibly fine-tuned) model pools it."""
     if not _stage_two(cfg, feats):
@@ -842,7 +848,7 @@ def out_of_fold(model: BCCPatternNet, feats: Features, labels: Labels, folds: np
     n = feats.real.shape[1]
     targets = np.zeros((n, 1 + len(PATTERNS)), np.float32)
     diagnoses = np.zeros((n, len(DIAGNOSES)), np.float32)
-    if _stage_two(cfg, feats) or cfg.solver != "exact":
+    if not _one_solve(cfg, feats):
         imagenet = {k: v.clone() for k, v in model.features.state_dict().items()}
         for k in range(cfg.folds):
             train, test = torch.from_numpy(folds != k), torch.from_numpy(folds == k)
@@ -856,10 +862,13 @@ def out_of_fold(model: BCCPatternNet, feats: Features, labels: Labels, folds: np
         return targets, diagnoses
     sets = [torch.from_numpy(folds != k) for k in range(cfg.folds)] + [torch.ones(n, dtype=torch.bool)]
     readouts = fit_readouts(feats.real, labels, sets, cfg, progress)
+    patterned = (labels.patterns >= 0).any(1)
     for rows, readout in zip(sets, readouts):
-        # The pattern heads are small fits of their own (Derm7pt's or the drawings' rows).
+        # The pattern heads are small fits of their own, on the rows with pattern labels
+        # (Derm7pt's) and the drawings: only those rows are copied and standardised.
         readout.install(model)
-        _fit_heads_exact(model, feats.real[:, rows], labels.subset(rows), feats.synthetic,
+        fit_rows = rows & patterned
+        _fit_heads_exact(model, feats.real[:, fit_rows], labels.subset(fit_rows), feats.synthetic,
                          feats.synthetic_patterns, cfg, readouts=False)
         if rows is not sets[-1]:
             test = ~rows
@@ -944,9 +953,8 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
         _save_cached(cfg.feature_cache, key, feats)
     folds = grouped_folds(samples, cfg.folds, cfg.seed)
     t0 = time.perf_counter()
-    one_solve = not _stage_two(cfg, feats) and cfg.solver == "exact"
     desc, total, unit = ((f"heads of {cfg.folds} folds + all images (one L-BFGS solve)", cfg.max_iter, "eval")
-                         if one_solve else (f"{cfg.folds}-fold heads", cfg.folds, "fold"))
+                         if _one_solve(cfg, feats) else (f"{cfg.folds}-fold heads", cfg.folds, "fold"))
     with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
         oof_t, oof_d = out_of_fold(model, feats, labels, folds, cfg,
                                    lambda k: bar.update(k) if bar.n < total else None)
