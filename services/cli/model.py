@@ -62,6 +62,12 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Versions of each image cached (view 0 unaugmented).")
+@click.option("--augmentation", type=click.Choice(["dihedral", "full"]), default="dihedral",
+              show_default=True,
+              help="How views 1.. are drawn: one of the square's other 7 symmetries (lossless), or "
+                   "the seed's rotation, flips, blur, perspective and colour (README).")
+@click.option("--invariance", type=click.FloatRange(0, 100), default=0.1, show_default=True,
+              help="Weight of the views' agreement in the BCC and diagnosis read-outs (0: none).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--loss", type=click.Choice(["weighted", "focal"]), default="weighted", show_default=True)
 @click.option("--solver", type=click.Choice(["exact", "adamw"]), default="exact", show_default=True,
@@ -91,6 +97,7 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
+          augmentation: str, invariance: float,
           limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10,
           finetune_from: int = 0, centre: int = 3, lesion: bool = True, device: str = "cpu",
           if_missing: bool = False, quiet: bool = False) -> None:
@@ -103,7 +110,8 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
         return
-    cfg = trainer.RealTrainConfig(seed=seed, views=views, folds=folds, loss=loss, solver=solver,
+    cfg = trainer.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=invariance,
+                                  folds=folds, loss=loss, solver=solver,
                                   synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                   min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
                                   centre=centre, lesion=lesion)

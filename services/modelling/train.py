@@ -108,7 +108,7 @@ from .datasets import DIAGNOSES, Sample, load_dataset, load_derm7pt, load_ham100
 from .imagenet import IMAGENET_ARCH, SHARED_FILE, read_tflite
 
 MODEL_NAME = "dermatriage-real"
-MODEL_VERSION = "2.2.0"
+MODEL_VERSION = "2.3.0"
 VALIDATED = "validated on real images"
 NOT_VALIDATED = "not validated on real images"
 INTENDED_USE = (
@@ -122,6 +122,13 @@ INTENDED_USE = (
 class RealTrainConfig:
     seed: int = 0
     views: int = 2                   # cached versions of each image: view 0 unaugmented
+    # How views 1.. are drawn: "dihedral" (one of the square's 7 other symmetries, lossless)
+    # or "full" (the seed's rotation, flips, blur, perspective and colour). See the module
+    # notes for why the build uses the first.
+    augmentation: str = "dihedral"
+    # Weight of the views' agreement in the BCC and diagnosis read-outs' objective: the mean
+    # squared difference of each image's logits between its views (module notes).
+    invariance: float = 0.1
     folds: int = 5
     epochs: int = 8                  # stage 1: heads at lr
     low_epochs: int = 2              # stage 3: heads at low_lr
@@ -247,8 +254,21 @@ def _spread(samples: list[Sample], n: int) -> list[Sample]:
     return out
 
 
+_SYMMETRIES = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+               Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
+               Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)
+
+
+def dihedral(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One of the square's 7 symmetries other than the identity, drawn by ``rng``: a
+    dermoscopic image has no up and no left, and these moves lose no pixel (no
+    interpolation, no padding, colours untouched)."""
+    return img.transpose(_SYMMETRIES[int(rng.integers(len(_SYMMETRIES)))])
+
+
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Rotation, flips, blur, perspective and colour, as dermoscopy varies between shots."""
+    """Rotation, flips, blur, perspective and colour, as dermoscopy varies between shots
+    (the seed's augmentation)."""
     size = img.size[0]
     pad = size // 4
     arr = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
@@ -268,6 +288,10 @@ def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.85, 1.15)))
     img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.85, 1.15)))
     return img
+
+
+AUGMENTATIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "dihedral": dihedral, "full": augment}
 
 
 def _perspective_coeffs(target: np.ndarray, source: np.ndarray) -> tuple:
@@ -314,13 +338,14 @@ def extract(model: BCCPatternNet, samples: list[Sample], cfg: RealTrainConfig,
         kept_cells.clear()
         return out, cells
 
+    draw = AUGMENTATIONS[cfg.augmentation]
     views, inners, cells = [], [], []
     for view in range(cfg.views):
         out, batch = [], []
         for i, s in enumerate(samples):
             img = load_image(s.path, size)
             if view > 0:
-                img = augment(img, np.random.default_rng([cfg.seed, i, view]))
+                img = draw(img, np.random.default_rng([cfg.seed, i, view]))
             batch.append(np.asarray(img, dtype=np.uint8))
             if len(batch) == cfg.extract_batch or i == len(samples) - 1:
                 out.append(pooled(batch))
@@ -352,7 +377,7 @@ def _cache_key(samples: list[Sample], cfg: RealTrainConfig) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update(f"{s.path}|{s.path.stat().st_size}\n".encode())
-    h.update(repr((cfg.seed, cfg.views, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion, cfg.finetune_from,
+    h.update(repr((cfg.seed, cfg.views, cfg.augmentation, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion, cfg.finetune_from,
                    PREPROCESSING_VERSION)).encode())
     return h.hexdigest()
 
@@ -453,11 +478,11 @@ def _fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synt
     if readouts:
         has = dx >= 0
         w, b = _logistic(z[has], dx[has], cfg.l2_diagnosis, cfg, weight=_class_weights(dx, len(DIAGNOSES)),
-                         max_iter=max_iter)
+                         max_iter=max_iter, views=views)
         _set_linear(model.diagnosis_head, slice(None), w, b)
         has = bcc >= 0
         w, b = _logistic(z[has], bcc[has], cfg.l2_bcc, cfg, pos_weight=_pos_weight(bcc[has]),
-                         max_iter=max_iter)
+                         max_iter=max_iter, views=views)
         _set_linear(model.bcc_head, slice(None), w, b)
     zs = model._standardise(synthetic) if len(synthetic) else None
     # The pattern heads read the global mean only (zero weights on the centre window): with
@@ -467,16 +492,25 @@ def _fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synt
     for j, code in enumerate(PATTERNS if patterns else ()):
         if code in labels.labelled:
             has = pat[:, j] >= 0
-            zj, yj = z[has], pat[has, j]
+            zj, yj, blocks = z[has], pat[has, j], views
         elif zs is not None:
             # Synthetic drawings teach only the patterns no real label covers.
-            zj, yj = zs, torch.from_numpy(synthetic_patterns[:, j].astype(np.int64))
+            zj, yj, blocks = zs, torch.from_numpy(synthetic_patterns[:, j].astype(np.int64)), 1
         else:
             continue
         if len(yj.unique()) < 2:
             continue
-        w, b = _logistic(zj[:, :cols], yj, cfg.l2_patterns, cfg, pos_weight=_pos_weight(yj))
+        w, b = _logistic(zj[:, :cols], yj, cfg.l2_patterns, cfg, pos_weight=_pos_weight(yj), views=blocks)
         _set_linear(model.pattern_head, slice(j, j + 1), F.pad(w, (0, z.shape[1] - cols)), b)
+
+
+def _disagreement(per_view: torch.Tensor) -> torch.Tensor:
+    """Mean over images of the squared distance between their logits in view 0 and in
+    each other view: (views, images, outputs) -> scalar. Added to the read-outs' objective
+    with weight ``invariance``, it is a Tikhonov penalty on the weights along directions in
+    which the views of one image differ, so the read-outs lean on what an image's
+    symmetries leave unchanged (measured gain in the module notes)."""
+    return (per_view[1:] - per_view[:1]).square().sum(-1).mean()
 
 
 def _pos_weight(y: torch.Tensor) -> torch.Tensor:
@@ -484,8 +518,11 @@ def _pos_weight(y: torch.Tensor) -> torch.Tensor:
 
 
 def _logistic(z: torch.Tensor, y: torch.Tensor, l2: float, cfg: RealTrainConfig, weight=None,
-              pos_weight=None, max_iter: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise mean loss + l2 * |w|^2 (softmax when ``weight`` is given, else binary)."""
+              pos_weight=None, max_iter: int | None = None,
+              views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise mean loss + l2 * |w|^2 (softmax when ``weight`` is given, else binary), plus
+    ``cfg.invariance`` times the views' disagreement when z's rows are ``views`` blocks of
+    the same images."""
     classes = 1 if weight is None else len(weight)
     w = torch.zeros(z.shape[1], classes, requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
@@ -506,6 +543,8 @@ def _logistic(z: torch.Tensor, y: torch.Tensor, l2: float, cfg: RealTrainConfig,
                     else F.cross_entropy(logits, y, weight=weight))
         else:
             loss = _binary(logits[:, 0], y.float(), cfg, pos_weight)
+        if cfg.invariance and views > 1:
+            loss = loss + cfg.invariance * _disagreement(zw.view(views, -1, classes))
         loss.backward()
         with torch.no_grad():
             w.grad = (zw.grad.T @ z).T.contiguous() + 2 * l2 * w
@@ -571,7 +610,8 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
         del sub
         d_rows, b_rows = torch.nonzero(r & (dx >= 0))[:, 0], torch.nonzero(r & (bcc >= 0))[:, 0]
         problems.append((d_rows, dx[d_rows], _class_weights(dx[r], len(DIAGNOSES)),
-                         b_rows, bcc[b_rows].float(), _pos_weight(bcc[b_rows])))
+                         b_rows, bcc[b_rows].float(), _pos_weight(bcc[b_rows]),
+                         torch.nonzero(rows & (labels.dx >= 0))[:, 0], torch.nonzero(rows & (labels.bcc >= 0))[:, 0]))
     scale = torch.stack([std / s for _, s in stats])                 # (k, C): a
     shift = torch.stack([(mean - m) / s for m, s in stats])          # (k, C): c
     w = torch.zeros(k, c, q, requires_grad=True)
@@ -586,11 +626,18 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
         zv = (z @ (scale[:, :, None] * w.detach()).permute(1, 0, 2).reshape(c, k * q)).requires_grad_()
         logits = zv.view(-1, k, q) + (torch.einsum("kc,kcq->kq", shift, w) + b)[None]
         loss = cfg.l2_diagnosis * w[:, :, :-1].square().sum() + cfg.l2_bcc * w[:, :, -1].square().sum()
-        for i, (d_rows, d_y, d_weight, b_rows, b_y, b_pos) in enumerate(problems):
+        for i, (d_rows, d_y, d_weight, b_rows, b_y, b_pos, d_images, b_images) in enumerate(problems):
             out = logits[d_rows, i, :-1]
             loss = loss + (_focal(out, d_y, cfg.focal_gamma, d_weight) if cfg.loss == "focal"
                            else F.cross_entropy(out, d_y, weight=d_weight))
             loss = loss + _binary(logits[b_rows, i, -1], b_y, cfg, b_pos)
+            if cfg.invariance and views > 1:
+                # A set's logits differ between views only through zv (its shift and bias
+                # are the same for every view of an image). Over the images each read-out
+                # is fitted on, as ``_logistic`` does.
+                per_view = zv.view(views, n, k, q)
+                loss = loss + cfg.invariance * (_disagreement(per_view[:, d_images, i, :-1])
+                                                + _disagreement(per_view[:, b_images, i, -1:]))
         loss.backward()
         with torch.no_grad():
             w.grad += scale[:, :, None] * (zv.grad.T @ z).T.reshape(c, k, q).permute(1, 0, 2)

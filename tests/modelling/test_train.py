@@ -228,7 +228,7 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
     labels = train.Labels(dx, bcc, torch.full((n, len(PATTERNS)), -1))
     folds = torch.arange(n) % 3
     sets = [folds != k for k in range(3)] + [torch.ones(n, dtype=torch.bool)]
-    cfg = train.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02)
+    cfg = train.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02, invariance=0.1)
     readouts = train.fit_readouts(x, labels, sets, cfg)
     assert len(readouts) == 4
     for rows, r in zip(sets, readouts):
@@ -242,10 +242,50 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
         loss = (F.cross_entropy(logits[d >= 0, :7], d[d >= 0], weight=weight) + 0.01 * w[:, :7].square().sum()
                 + F.binary_cross_entropy_with_logits(logits[b >= 0, 7], b[b >= 0].float(), pos_weight=pos)
                 + 0.02 * w[:, 7].square().sum())
+        # The views' disagreement, each read-out over the images it is fitted on.
+        per_view = logits.view(views, -1, 8)
+        loss = loss + 0.1 * sum(((per_view[1:, m, cols] - per_view[:1, m, cols]) ** 2).sum(-1).mean()
+                                for m, cols in ((dx[rows] >= 0, slice(0, 7)), (bcc[rows] >= 0, slice(7, 8))))
         loss.backward()
         assert w.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3
-        alone, alone_b = train._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight)
+        alone, alone_b = train._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight, views=views)
         # Softmax logits are defined up to a constant per image (the biases are not penalised).
         assert torch.allclose(logits[:, :7].detach().softmax(1), (z @ alone.T + alone_b).softmax(1), atol=1e-3)
-        alone, alone_b = train._logistic(z[b >= 0], b[b >= 0], 0.02, cfg, pos_weight=pos)
+        alone, alone_b = train._logistic(z[b >= 0], b[b >= 0], 0.02, cfg, pos_weight=pos, views=views)
         assert torch.allclose(logits[:, 7:].detach().sigmoid(), (z @ alone.T + alone_b).sigmoid(), atol=1e-3)
+
+
+def test_dihedral_views_are_the_squares_other_symmetries_and_lose_no_pixel():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    original = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)))
+    seen = set()
+    for i in range(64):
+        view = np.asarray(train.dihedral(Image.fromarray(original), np.random.default_rng([0, i, 1])))
+        assert view.shape == original.shape and not np.array_equal(view, original)
+        # A symmetry moves pixels and changes none: the same colours, as often.
+        assert sorted(map(tuple, view.reshape(-1, 3))) == sorted(map(tuple, original.reshape(-1, 3)))
+        seen.add(view.tobytes())
+    assert len(seen) == 7
+
+
+def test_invariance_pulls_each_images_views_together():
+    """With ``invariance``, a read-out gives less weight to what differs between an image's
+    views: here column 3 predicts the label but changes between the two views."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    first = torch.randn(400, 6, generator=gen)
+    second = first.clone()
+    second[:, 3] += torch.randn(400, generator=gen) * 1.5
+    y = ((first[:, 0] + first[:, 3]) > 0).long()
+    z, labels = torch.cat([first, second]), y.repeat(2)
+
+    def disagreement(invariance):
+        cfg = train.RealTrainConfig(invariance=invariance)
+        w, b = train._logistic(z, labels, 0.01, cfg, pos_weight=train._pos_weight(labels), views=2)
+        return ((second - first) @ w.T).square().mean().item(), w[0, 3].item() / w[0, 0].item()
+
+    (loose, ratio_loose), (tight, ratio_tight) = disagreement(0.0), disagreement(1.0)
+    assert tight < 0.5 * loose and ratio_tight < 0.7 * ratio_loose
