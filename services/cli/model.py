@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,8 +93,9 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
               help="The BCC and diagnosis heads also read the map's mean over the lesion "
                    "(the engine's Otsu mask): balanced accuracy 0.685 -> 0.697 out of fold "
                    "(README).")
-@click.option("--device", type=click.Choice(["cpu"]), default="cpu", show_default=True,
-              help="The frozen-backbone recipe runs on the CPU; a GPU fine-tune is not built yet.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: the frozen-backbone recipe (the build). cuda: stage 2 on images, every "
+                   "block fine-tuned with fresh augmentation at every step (README).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
@@ -110,11 +112,23 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
         return
+    gpu = {}
+    if device == "cuda":
+        import torch
+
+        if finetune_from:
+            raise click.BadParameter("stage 2 on cached activations is the CPU's; --device cuda "
+                                     "fine-tunes on images", param_hint="--finetune-from")
+
+        if not torch.cuda.is_available():
+            raise click.ClickException("--device cuda: no CUDA device is available here "
+                                       "(the CPU recipe is the default)")
+        gpu = dict(image_finetune=True, device="cuda", image_workers=min(8, os.cpu_count() or 1))
     cfg = trainer.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=invariance,
                                   folds=folds, loss=loss, solver=solver,
                                   synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                   min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
-                                  centre=centre, lesion=lesion)
+                                  centre=centre, lesion=lesion, **gpu)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:

@@ -43,7 +43,10 @@ Recipe (SCIENCE.md s.1 where it fits, measured where it does not):
   a lesson in per-fold noise. Also on fold 0: 1 epoch gains nothing, a rate of 3e-4 less
   than 1e-4. PN and AT fall under their floors and the build under its 15 minutes does not
   fit, so the build stays frozen; on a GPU, with image-space augmentation instead of two
-  cached views, this stage is where the diagnoses should gain.
+  cached views, this stage is where the diagnoses should gain: ``--device cuda``
+  (``image_finetune.py``, ``out_of_fold_images``) fine-tunes the blocks from ``image_from``
+  (0: all) on freshly augmented images at every step. It has run only on the CPU, on a tiny
+  subset, in the tests: no GPU was lent to measure it, so it has no figures yet.
 - Heads: one linear read-out each (``hidden=()``), fitted exactly: an L2-regularised
   logistic (softmax for the 7 diagnoses) minimised with L-BFGS on the cached vectors. The
   BCC and diagnosis read-outs of the 5 folds and of all images are one L-BFGS solve
@@ -176,6 +179,15 @@ class RealTrainConfig:
     finetune_lr: float = 1e-4
     finetune_batch: int = 64
     stage1_iter: int = 100           # L-BFGS iterations of stage 1 when stage 2 follows
+    # Stage 2 on images instead (``image_finetune.py``; ``--device cuda``): blocks from
+    # ``image_from`` on, fresh image-space augmentation at every step, on ``device``.
+    image_finetune: bool = False
+    device: str = "cpu"
+    image_from: int = 0
+    image_epochs: int = 8
+    image_lr: float = 1e-4
+    image_batch: int = 64
+    image_workers: int = 0           # DataLoader processes augmenting images
     taps: tuple[int, ...] = tuple(range(3, 19))
     centre: int = 3                  # the central 3x3 of the 7x7 map read beside its mean
     # Also the map's mean over the lesion (the engine's mask): +0.011 balanced accuracy
@@ -946,6 +958,47 @@ def out_of_fold(model: BCCPatternNet, feats: Features, labels: Labels, folds: np
     return targets, diagnoses
 
 
+def out_of_fold_images(model: BCCPatternNet, samples: list[Sample], feats: Features, labels: Labels,
+                       folds: np.ndarray, cfg: RealTrainConfig,
+                       progress: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """``out_of_fold`` with stage 2 on images (``image_finetune.py``): per fold, and then for
+    all images, the read-outs fitted on the frozen features (one solve, as the CPU build),
+    the backbone fine-tuned on the fold's training images, and every head refitted exactly
+    on the tuned network's views of them; the fold's images are then predicted by its tuned
+    network. The model is left tuned on every image, on the CPU."""
+    from . import image_finetune as tuning
+    from .synthetic import generate
+
+    device = torch.device(cfg.device)
+    tuning.deterministic_cuda(device)
+    size = model.arch.input_size
+    images = tuning.decode_all(samples, size)
+    drawn = np.asarray(generate(cfg.synthetic, cfg.seed + 7, size).images) if cfg.synthetic else None
+    n = len(samples)
+    targets = np.zeros((n, 1 + len(PATTERNS)), np.float32)
+    diagnoses = np.zeros((n, len(DIAGNOSES)), np.float32)
+    sets = [torch.from_numpy(folds != k) for k in range(cfg.folds)] + [torch.ones(n, dtype=torch.bool)]
+    readouts = fit_readouts(feats.real, labels, sets, cfg)
+    imagenet = {k: v.clone() for k, v in model.features.state_dict().items()}
+    for k, (rows, readout) in enumerate(zip(sets, readouts)):
+        model.cpu()
+        model.features.load_state_dict(imagenet)     # every fold starts from ImageNet
+        readout.install(model)
+        tuning.finetune_images(model, images, np.flatnonzero(rows.numpy()), labels.dx, labels.bcc, cfg,
+                               device, cfg.seed + 101 * (k + 1), progress)
+        tuned = tuning.pooled_views(model, images, cfg, device)
+        synthetic = (feats.synthetic if drawn is None else
+                     torch.cat([tuning.pooled_of(model, drawn[i:i + 64], device) for i in range(0, len(drawn), 64)]))
+        model.cpu()
+        train_heads(model, tuned[:, rows], labels.subset(rows), synthetic, feats.synthetic_patterns, cfg,
+                    cfg.seed + 101 * (k + 1))
+        if rows is not sets[-1]:
+            test = ~rows
+            targets[test.numpy()], diagnoses[test.numpy()] = head_logits(model, tuned[0, test])
+    model.cpu().eval()
+    return targets, diagnoses
+
+
 def assess(target_logits: np.ndarray, diagnosis_logits: np.ndarray, labels: Labels,
            cfg: RealTrainConfig) -> dict:
     """Temperatures, thresholds and figures from out-of-fold logits."""
@@ -1022,11 +1075,18 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
         _save_cached(cfg.feature_cache, key, feats)
     folds = grouped_folds(samples, cfg.folds, cfg.seed)
     t0 = time.perf_counter()
-    desc, total, unit = ((f"heads of {cfg.folds} folds + all images (one L-BFGS solve)", cfg.max_iter, "eval")
-                         if _one_solve(cfg, feats) else (f"{cfg.folds}-fold heads", cfg.folds, "fold"))
-    with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
-        oof_t, oof_d = out_of_fold(model, feats, labels, folds, cfg,
-                                   lambda k: bar.update(k) if bar.n < total else None)
+    if cfg.image_finetune:
+        steps = sum(math.ceil(int((folds != k).sum()) / cfg.image_batch) for k in range(cfg.folds))
+        total = (steps + math.ceil(len(samples) / cfg.image_batch)) * cfg.image_epochs
+        with tqdm(total=total, desc=f"fine-tuning on images ({cfg.folds} folds + all, {cfg.device})",
+                  unit="step", disable=not progress) as bar:
+            oof_t, oof_d = out_of_fold_images(model, samples, feats, labels, folds, cfg, bar.update)
+    else:
+        desc, total, unit = ((f"heads of {cfg.folds} folds + all images (one L-BFGS solve)", cfg.max_iter,
+                              "eval") if _one_solve(cfg, feats) else (f"{cfg.folds}-fold heads", cfg.folds, "fold"))
+        with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
+            oof_t, oof_d = out_of_fold(model, feats, labels, folds, cfg,
+                                       lambda k: bar.update(k) if bar.n < total else None)
     heads_seconds = time.perf_counter() - t0
     result = assess(oof_t, oof_d, labels, cfg)
     elapsed = time.perf_counter() - started

@@ -289,3 +289,46 @@ def test_invariance_pulls_each_images_views_together():
 
     (loose, ratio_loose), (tight, ratio_tight) = disagreement(0.0), disagreement(1.0)
     assert tight < 0.5 * loose and ratio_tight < 0.7 * ratio_loose
+
+
+def test_image_finetune_tunes_the_backbone_on_fresh_augmentations_and_serves_it(shared_ready, tmp_path):
+    """The GPU recipe (``--device cuda``), run here on the CPU on a tiny subset: stage 1 on
+    the frozen features, the backbone fine-tuned on augmented images, the heads refitted on
+    the tuned network; the served model is the tuned one."""
+    import torch
+
+    from services.modelling.image_finetune import AugmentedImages
+    from services.modelling.imagenet import SHARED_FILE, read_tflite
+
+    cfg = train.RealTrainConfig(**{**TINY, "limit": 24}, image_finetune=True, image_epochs=1, image_batch=16,
+                                image_from=14)
+    path = tmp_path / "tuned.pt"
+    card = train.build_real(path, cfg, progress=False, log=lambda *_: None)
+    assert card.metrics["training_config"]["image_finetune"] is True
+    assert card.metrics["out_of_fold"]["BCC"]["auc"] is not None
+    imagenet = read_tflite(config.shared_models_dir() / SHARED_FILE).features
+    engine = Engine.load(path, "cpu")
+    served = engine.model.features.state_dict()
+    # Blocks before image_from keep ImageNet's weights; the tuned ones moved.
+    assert torch.equal(served["13.conv.0.0.weight"], imagenet["13.conv.0.0.weight"])
+    assert not torch.allclose(served["18.0.weight"], imagenet["18.0.weight"])
+    image = next(config.shared_data_dir().joinpath("ham10000-224").rglob("*.jpg")).read_bytes()
+    result = engine.analyse([image])[0]
+    assert abs(sum(result.diagnosis_probabilities.values()) - 1) < 1e-3
+
+    # Each epoch draws a new augmentation of an image, the same whichever worker draws it.
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    rows = np.array([2, 0])
+    first, again = AugmentedImages(images, rows, 0, 0), AugmentedImages(images, rows, 0, 0)
+    assert torch.equal(first[0][0], again[0][0]) and first[0][1] == 2
+    assert not torch.equal(first[0][0], AugmentedImages(images, rows, 0, 1)[0][0])
+
+
+def test_train_on_cuda_says_when_there_is_no_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the build would run")
+    result = CliRunner().invoke(main, ["model", "train", "--device", "cuda", "--out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 1 and "no CUDA device" in result.output
+    assert not (tmp_path / "m.pt").exists()

@@ -1,0 +1,160 @@
+"""Stage 2 on images: the backbone fine-tuned with fresh image-space augmentation at every
+step, for a GPU (``dermatriage model train --device cuda``).
+
+Why a recipe of its own: on 2 cores the build caches two views of every image once and
+trains on the cache, so every epoch sees the same two samples of each image; fine-tuning
+through cached block-13 activations gained half a point and cost 8 minutes (train.py's
+notes). On a GPU each step can draw a new augmented image (the seed's rotation, flips, blur,
+perspective and colour, ``train.augment``) and push gradients through every block, which is
+what fine-tuning on this little data needs.
+
+The stages follow the seed (SCIENCE.md s.1): the heads are first fitted exactly on the frozen
+ImageNet features (the CPU build's stage 1); then the blocks from ``image_from`` on and the
+BCC and diagnosis read-outs train together with AdamW at a low rate under a one-cycle
+schedule, with bf16 autocast on CUDA; then every head is refitted exactly on the tuned
+network's pooled vectors (the seed's third stage, heads only, with the exact fit in place of
+a very low rate), which is also where the pattern heads learn (687 labelled images are too
+few to steer the blocks, and the synthetic drawings must not).
+
+The backbone stays in eval mode, as in ``train.finetune``: the TFLite reader folded
+BatchNorm into the convolutions, and train mode would normalise by batch statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..diagnosis.network import BCCPatternNet
+from ..diagnosis.preprocess import to_unit
+from .datasets import DIAGNOSES, Sample
+
+
+def decode_all(samples: list[Sample], size: int) -> np.ndarray:
+    """Every image once, resized and cropped as served: (N, S, S, 3) uint8 (about 1 GB for
+    the shared data at 224 px), so that epochs only augment."""
+    from .train import load_image
+
+    return np.stack([np.asarray(load_image(s.path, size), dtype=np.uint8) for s in samples])
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """Image ``rows[j]`` freshly augmented for ``epoch``: the draw depends only on (seed,
+    image, epoch), not on which loader worker makes it, so a run is a function of its seed."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, seed: int, epoch: int):
+        self.images, self.rows, self.seed, self.epoch = images, rows, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        from .train import augment
+
+        i = int(self.rows[j])
+        rng = np.random.default_rng([self.seed, i, 1000 + self.epoch])
+        img = augment(Image.fromarray(self.images[i]), rng)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()), i
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def deterministic_cuda(device: torch.device) -> None:
+    """cuBLAS needs a fixed workspace to be deterministic; some CUDA backward kernels
+    (adaptive average pooling's, used by the hypercolumn) have no deterministic version, so
+    on CUDA torch warns instead of refusing: such a build is reproducible only as far as
+    those kernels allow (the CPU build is exactly)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, dx: torch.Tensor,
+                    bcc: torch.Tensor, cfg, device: torch.device, seed: int,
+                    progress: Callable[[int], None] = lambda n: None) -> None:
+    """Stage 2: blocks ``cfg.image_from``.. and the BCC and diagnosis read-outs, AdamW at
+    ``cfg.image_lr`` (one-cycle), ``cfg.image_epochs`` epochs over the training images
+    ``rows``, each step a fresh augmentation; the exact fits' losses (class-weighted
+    softmax, positive-weighted BCC) and their L2 terms. ``progress`` counts steps."""
+    from .train import _binary, _class_weights, _last_linear, _pos_weight
+
+    model.to(device).eval()
+    train_dx, train_bcc = dx[rows], bcc[rows]
+    dx_weight = _class_weights(train_dx, len(DIAGNOSES)).to(device)
+    bcc_pos = _pos_weight(train_bcc[train_bcc >= 0]).to(device)
+    dx_head, bcc_head = _last_linear(model.diagnosis_head), _last_linear(model.bcc_head)
+    params = (list(model.features[cfg.image_from:].parameters()) + list(dx_head.parameters())
+              + list(bcc_head.parameters()))
+    opt = torch.optim.AdamW(params, lr=cfg.image_lr, weight_decay=1e-4)
+    per_epoch = max(1, math.ceil(len(rows) / cfg.image_batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.image_lr,
+                                                total_steps=per_epoch * cfg.image_epochs, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    dx, bcc = dx.to(device), bcc.to(device)
+    with torch.enable_grad():
+        for epoch in range(cfg.image_epochs):
+            loader = torch.utils.data.DataLoader(
+                AugmentedImages(images, rows, seed, epoch), batch_size=cfg.image_batch,
+                sampler=torch.utils.data.RandomSampler(range(len(rows)), generator=gen),
+                num_workers=cfg.image_workers, pin_memory=device.type == "cuda")
+            for batch, idx in loader:
+                x = to_unit(batch.numpy()).to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last)
+                idx = idx.to(device)
+                with _autocast(device):
+                    pooled = model.pooled(x)
+                z = model._standardise(pooled.float())
+                loss = (cfg.l2_diagnosis * dx_head.weight.square().sum()
+                        + cfg.l2_bcc * bcc_head.weight.square().sum())
+                has = dx[idx] >= 0
+                if has.any():
+                    loss = loss + F.cross_entropy(dx_head(z[has]), dx[idx][has], weight=dx_weight)
+                has = bcc[idx] >= 0
+                if has.any():
+                    loss = loss + _binary(bcc_head(z[has])[:, 0], bcc[idx][has].float(), cfg, bcc_pos)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                progress(1)
+    model.eval()
+
+
+def pooled_views(model: BCCPatternNet, images: np.ndarray, cfg, device: torch.device,
+                 batch: int = 64) -> torch.Tensor:
+    """(views, N, C) pooled vectors of every image through the (tuned) network, on the CPU:
+    view 0 as served, the others the build's cached views (``cfg.augmentation``) drawn as
+    ``train.extract`` draws them, for the exact refit of the heads."""
+    from .train import AUGMENTATIONS
+
+    draw = AUGMENTATIONS[cfg.augmentation]
+    out = []
+    with torch.inference_mode():
+        for view in range(cfg.views):
+            parts = []
+            for start in range(0, len(images), batch):
+                arr = images[start:start + batch]
+                if view > 0:
+                    arr = np.stack([np.asarray(draw(Image.fromarray(a),
+                                                    np.random.default_rng([cfg.seed, start + j, view])))
+                                    for j, a in enumerate(arr)])
+                parts.append(pooled_of(model, arr, device))
+            out.append(torch.cat(parts))
+    return torch.stack(out)
+
+
+def pooled_of(model: BCCPatternNet, arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Pooled vectors of (B, S, S, 3) uint8 images, returned as float32 on the CPU."""
+    x = to_unit(arr).to(device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), _autocast(device):
+        return model.pooled(x).float().cpu()
