@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..diagnosis.network import BCCPatternNet
@@ -86,7 +85,7 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
     ``cfg.image_lr`` (one-cycle), ``cfg.image_epochs`` epochs over the training images
     ``rows``, each step a fresh augmentation; the exact fits' losses (class-weighted
     softmax, positive-weighted BCC) and their L2 terms. ``progress`` counts steps."""
-    from .train import _binary, _class_weights, _last_linear, _pos_weight
+    from .train import _class_weights, _last_linear, _pos_weight, readout_loss
 
     model.to(device).eval()
     train_dx, train_bcc = dx[rows], bcc[rows]
@@ -113,15 +112,8 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
                 idx = idx.to(device)
                 with _autocast(device):
                     pooled = model.pooled(x)
-                z = model._standardise(pooled.float())
-                loss = (cfg.l2_diagnosis * dx_head.weight.square().sum()
-                        + cfg.l2_bcc * bcc_head.weight.square().sum())
-                has = dx[idx] >= 0
-                if has.any():
-                    loss = loss + F.cross_entropy(dx_head(z[has]), dx[idx][has], weight=dx_weight)
-                has = bcc[idx] >= 0
-                if has.any():
-                    loss = loss + _binary(bcc_head(z[has])[:, 0], bcc[idx][has].float(), cfg, bcc_pos)
+                loss = readout_loss(model._standardise(pooled.float()), dx[idx], bcc[idx], dx_head, bcc_head,
+                                    cfg, dx_weight, bcc_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -827,6 +827,22 @@ def tail_pooled(model: BCCPatternNet, inner: torch.Tensor, pooled: torch.Tensor,
     return torch.cat(out).reshape(views, n, -1)
 
 
+def readout_loss(z: torch.Tensor, dx: torch.Tensor, bcc: torch.Tensor, dx_head: torch.nn.Linear,
+                 bcc_head: torch.nn.Linear, cfg: RealTrainConfig, dx_weight: torch.Tensor,
+                 bcc_pos: torch.Tensor) -> torch.Tensor:
+    """Stage 2's loss on a minibatch of standardised pooled vectors ``z``: the exact fits'
+    class-weighted softmax and positive-weighted BCC terms and their L2 terms, over the rows
+    with a label (-1: none)."""
+    loss = cfg.l2_diagnosis * dx_head.weight.square().sum() + cfg.l2_bcc * bcc_head.weight.square().sum()
+    has = dx >= 0
+    if has.any():
+        loss = loss + F.cross_entropy(dx_head(z[has]), dx[has], weight=dx_weight)
+    has = bcc >= 0
+    if has.any():
+        loss = loss + _binary(bcc_head(z[has])[:, 0], bcc[has].float(), cfg, bcc_pos)
+    return loss
+
+
 def finetune(model: BCCPatternNet, inner: torch.Tensor, pooled: torch.Tensor, labels: Labels,
              cfg: RealTrainConfig, seed: int, cells: torch.Tensor | None = None) -> None:
     """Stage 2: AdamW on the tail blocks and the BCC and diagnosis heads, one-cycle schedule,
@@ -858,15 +874,7 @@ def finetune(model: BCCPatternNet, inner: torch.Tensor, pooled: torch.Tensor, la
                 c = None if flat_cells is None else flat_cells[idx]
                 z = model._standardise(_assemble(model, flat[idx], _tail(model, x, cfg.finetune_from, c),
                                                  cfg.finetune_from))
-                loss = (cfg.l2_diagnosis * dx_head.weight.square().sum()
-                        + cfg.l2_bcc * bcc_head.weight.square().sum())
-                has = dx[idx] >= 0
-                if has.any():
-                    loss = loss + F.cross_entropy(dx_head(z[has]), dx[idx][has], weight=dx_weight)
-                has = bcc[idx] >= 0
-                if has.any():
-                    loss = loss + F.binary_cross_entropy_with_logits(
-                        bcc_head(z[has])[:, 0], bcc[idx][has].float(), pos_weight=bcc_pos)
+                loss = readout_loss(z, dx[idx], bcc[idx], dx_head, bcc_head, cfg, dx_weight, bcc_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
