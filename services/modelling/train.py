@@ -629,7 +629,9 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
     Each set keeps its own standardisation, as ``train_heads`` sets it: with x standardised
     once over all rows (Z), a set's z = (x - m) / s = Z * a + c, where a = s_all / s and
     c = (m_all - m) / s, so its logits are Z @ (a * w) + c @ w + b and the matmul's gradient
-    is a * (Z.T @ g): one product of Z for all sets, forwards and backwards."""
+    is a * (Z.T @ g): one product of Z for all sets, forwards and backwards. The views'
+    disagreement (``cfg.invariance``) is read off the same product: a set's logits differ
+    between an image's views only through it."""
     views, n, c = x.shape
     flat = x.reshape(views * n, c)
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-4)
