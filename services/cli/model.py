@@ -119,7 +119,6 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
         if finetune_from:
             raise click.BadParameter("stage 2 on cached activations is the CPU's; --device cuda "
                                      "fine-tunes on images", param_hint="--finetune-from")
-
         if not torch.cuda.is_available():
             raise click.ClickException("--device cuda: no CUDA device is available here "
                                        "(the CPU recipe is the default)")

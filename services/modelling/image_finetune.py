@@ -33,13 +33,13 @@ from PIL import Image
 from ..diagnosis.network import BCCPatternNet
 from ..diagnosis.preprocess import to_unit
 from .datasets import DIAGNOSES, Sample
+from .train import (_class_weights, _last_linear, _pos_weight, augment, load_image, readout_loss,
+                    view_of)
 
 
 def decode_all(samples: list[Sample], size: int) -> np.ndarray:
     """Every image once, resized and cropped as served: (N, S, S, 3) uint8 (about 1 GB for
     the shared data at 224 px), so that epochs only augment."""
-    from .train import load_image
-
     return np.stack([np.asarray(load_image(s.path, size), dtype=np.uint8) for s in samples])
 
 
@@ -54,8 +54,6 @@ class AugmentedImages(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
-        from .train import augment
-
         i = int(self.rows[j])
         rng = np.random.default_rng([self.seed, i, 1000 + self.epoch])
         img = augment(Image.fromarray(self.images[i]), rng)
@@ -85,8 +83,6 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
     ``cfg.image_lr`` (one-cycle), ``cfg.image_epochs`` epochs over the training images
     ``rows``, each step a fresh augmentation; the exact fits' losses (class-weighted
     softmax, positive-weighted BCC) and their L2 terms. ``progress`` counts steps."""
-    from .train import _class_weights, _last_linear, _pos_weight, readout_loss
-
     model.to(device).eval()
     train_dx, train_bcc = dx[rows], bcc[rows]
     dx_weight = _class_weights(train_dx, len(DIAGNOSES)).to(device)
@@ -122,31 +118,21 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
     model.eval()
 
 
-def pooled_views(model: BCCPatternNet, images: np.ndarray, cfg, device: torch.device,
-                 batch: int = 64) -> torch.Tensor:
+def pooled_views(model: BCCPatternNet, images: np.ndarray, cfg, device: torch.device) -> torch.Tensor:
     """(views, N, C) pooled vectors of every image through the (tuned) network, on the CPU:
-    view 0 as served, the others the build's cached views (``cfg.augmentation``) drawn as
-    ``train.extract`` draws them, for the exact refit of the heads."""
-    from .train import AUGMENTATIONS
+    the build's cached views (``train.view_of``), for the exact refit of the heads."""
+    return torch.stack([
+        pooled_of(model, images if view == 0 else
+                  np.stack([np.asarray(view_of(Image.fromarray(a), i, view, cfg)) for i, a in enumerate(images)]),
+                  device)
+        for view in range(cfg.views)])
 
-    draw = AUGMENTATIONS[cfg.augmentation]
+
+def pooled_of(model: BCCPatternNet, images: np.ndarray, device: torch.device, batch: int = 64) -> torch.Tensor:
+    """Pooled vectors of (N, S, S, 3) uint8 images, ``batch`` at a time, as float32 on the CPU."""
     out = []
-    with torch.inference_mode():
-        for view in range(cfg.views):
-            parts = []
-            for start in range(0, len(images), batch):
-                arr = images[start:start + batch]
-                if view > 0:
-                    arr = np.stack([np.asarray(draw(Image.fromarray(a),
-                                                    np.random.default_rng([cfg.seed, start + j, view])))
-                                    for j, a in enumerate(arr)])
-                parts.append(pooled_of(model, arr, device))
-            out.append(torch.cat(parts))
-    return torch.stack(out)
-
-
-def pooled_of(model: BCCPatternNet, arr: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Pooled vectors of (B, S, S, 3) uint8 images, returned as float32 on the CPU."""
-    x = to_unit(arr).to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), _autocast(device):
-        return model.pooled(x).float().cpu()
+        for start in range(0, len(images), batch):
+            x = to_unit(images[start:start + batch]).to(device).contiguous(memory_format=torch.channels_last)
+            out.append(model.pooled(x).float().cpu())
+    return torch.cat(out)

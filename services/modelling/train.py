@@ -328,6 +328,14 @@ AUGMENTATIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Imag
     "dihedral": dihedral, "full": augment}
 
 
+def view_of(img: Image.Image, i: int, view: int, cfg: "RealTrainConfig") -> Image.Image:
+    """View ``view`` of image ``i`` as the build caches it: view 0 is the image as served,
+    the others ``cfg.augmentation`` drawn from (seed, image, view) alone."""
+    if view == 0:
+        return img
+    return AUGMENTATIONS[cfg.augmentation](img, np.random.default_rng([cfg.seed, i, view]))
+
+
 def _perspective_coeffs(target: np.ndarray, source: np.ndarray) -> tuple:
     """PIL's 8 coefficients mapping output (target) corners to input (source) corners."""
     rows = []
@@ -372,15 +380,11 @@ def extract(model: BCCPatternNet, samples: list[Sample], cfg: RealTrainConfig,
         kept_cells.clear()
         return out, cells
 
-    draw = AUGMENTATIONS[cfg.augmentation]
     views, inners, cells = [], [], []
     for view in range(cfg.views):
         out, batch = [], []
         for i, s in enumerate(samples):
-            img = load_image(s.path, size)
-            if view > 0:
-                img = draw(img, np.random.default_rng([cfg.seed, i, view]))
-            batch.append(np.asarray(img, dtype=np.uint8))
+            batch.append(np.asarray(view_of(load_image(s.path, size), i, view, cfg), dtype=np.uint8))
             if len(batch) == cfg.extract_batch or i == len(samples) - 1:
                 out.append(pooled(batch))
                 progress(len(batch))
@@ -612,6 +616,11 @@ class Readout:
         _set_linear(model.bcc_head, slice(None), self.weight[:, k:].T, self.bias[k:])
 
 
+def _in_every_view(images: torch.Tensor, views: int, n: int) -> torch.Tensor:
+    """Rows of ``images`` in the (views * n) stacked views, view by view."""
+    return (images[None] + n * torch.arange(views)[:, None]).flatten()
+
+
 def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg: RealTrainConfig,
                  progress: Callable[[int], None] = lambda n: None) -> list[Readout]:
     """The BCC and diagnosis logistics of several training sets (``sets``: (N,) masks over the
@@ -644,10 +653,11 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
         sub = flat[r]
         stats.append((sub.mean(0), sub.std(0).clamp_min(1e-4)))
         del sub
-        d_rows, b_rows = torch.nonzero(r & (dx >= 0))[:, 0], torch.nonzero(r & (bcc >= 0))[:, 0]
+        d_images = torch.nonzero(rows & (labels.dx >= 0))[:, 0]
+        b_images = torch.nonzero(rows & (labels.bcc >= 0))[:, 0]
+        d_rows, b_rows = _in_every_view(d_images, views, n), _in_every_view(b_images, views, n)
         problems.append((d_rows, dx[d_rows], _class_weights(dx[r], len(DIAGNOSES)),
-                         b_rows, bcc[b_rows].float(), _pos_weight(bcc[b_rows]),
-                         torch.nonzero(rows & (labels.dx >= 0))[:, 0], torch.nonzero(rows & (labels.bcc >= 0))[:, 0]))
+                         b_rows, bcc[b_rows].float(), _pos_weight(bcc[b_rows]), d_images, b_images))
     scale = torch.stack([std / s for _, s in stats])                 # (k, C): a
     shift = torch.stack([(mean - m) / s for m, s in stats])          # (k, C): c
     w = torch.zeros(k, c, q, requires_grad=True)
@@ -997,8 +1007,7 @@ def out_of_fold_images(model: BCCPatternNet, samples: list[Sample], feats: Featu
         tuning.finetune_images(model, images, np.flatnonzero(rows.numpy()), labels.dx, labels.bcc, cfg,
                                device, cfg.seed + 101 * (k + 1), progress)
         tuned = tuning.pooled_views(model, images, cfg, device)
-        synthetic = (feats.synthetic if drawn is None else
-                     torch.cat([tuning.pooled_of(model, drawn[i:i + 64], device) for i in range(0, len(drawn), 64)]))
+        synthetic = feats.synthetic if drawn is None else tuning.pooled_of(model, drawn, device)
         model.cpu()
         train_heads(model, tuned[:, rows], labels.subset(rows), synthetic, feats.synthetic_patterns, cfg,
                     cfg.seed + 101 * (k + 1))
