@@ -16,16 +16,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from . import images as image_io
 from . import jobs, params, permissions
+from .case_access import delete_quietly, fetch_object, mark_answer_seen, readable_case
 from .errors import NotFound, Unavailable, ValidationError
-from .models import AnalysisJob, Case, CaseImage, Prediction, User, utcnow
+from .models import AnalysisJob, Case, CaseImage, Prediction, User
+from .reviews import clinical_answer
 from .runtime import Runtime
-from .storage import STORAGE_DOWN, ObjectNotFound, StorageError
+from .storage import StorageError
 from .vocabulary import BodySite, CaseStatus, ImageKind, JobStatus, Sex, values
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
             rt.store.put(key, img.data, img.media_type)
             keys.append(key)
     except StorageError as exc:
-        _delete_quietly(rt, keys)
+        delete_quietly(rt, keys, "image object")
         raise Unavailable("image storage is unavailable; the case was not saved, please retry") from exc
 
     try:
@@ -127,7 +129,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
             session.flush()
             job_id = job.id
     except SQLAlchemyError as exc:
-        _delete_quietly(rt, keys)
+        delete_quietly(rt, keys, "image object")
         log.error("case intake failed in the database: %s", exc)
         raise Unavailable("the database is unavailable; the case was not saved, please retry") from exc
 
@@ -155,35 +157,7 @@ def _within_decode_budget(uploads: list[Upload]) -> None:
             f"{decoded / 1e6:.0f} MB: send smaller pictures", "images")
 
 
-def _delete_quietly(rt: Runtime, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            rt.store.delete(key)
-        except StorageError:
-            log.warning("could not remove orphan object %s after a failed intake", key)
-
-
-def readable_case(session: Session, user: User, case_id: str) -> Case:
-    permissions.require(user, permissions.READ_CASES)
-    case = session.get(Case, case_id, options=[selectinload(Case.images)])
-    # 404, not 403, for another GP's case: its existence is not disclosed.
-    if case is None or (user.role in permissions.OWN_CASES_ONLY and case.gp_id != user.id):
-        raise NotFound(f"no case {case_id}")
-    return case
-
-
-def fetch_object(rt: Runtime, key: str) -> bytes:
-    try:
-        return rt.store.get(key)
-    except ObjectNotFound as exc:
-        raise NotFound("the stored file is missing") from exc
-    except StorageError as exc:
-        raise Unavailable(STORAGE_DOWN) from exc
-
-
 def get_case(rt: Runtime, user: User, case_id: str) -> dict:
-    from .reviews import clinical_answer
-
     with rt.read() as session:
         case = readable_case(session, user, case_id)
         predictions = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
@@ -193,12 +167,6 @@ def get_case(rt: Runtime, user: User, case_id: str) -> dict:
     if view["new_answer"] and user.role in permissions.OWN_CASES_ONLY:
         mark_answer_seen(rt, case_id)
     return view
-
-
-def mark_answer_seen(rt: Runtime, case_id: str) -> None:
-    """The submitting GP has read the answer: it is no longer "new" in their list."""
-    with rt.transaction() as session:
-        session.execute(update(Case).where(Case.id == case_id).values(answer_seen_at=utcnow()))
 
 
 def get_image(rt: Runtime, user: User, case_id: str, image_id: str) -> tuple[bytes, str]:

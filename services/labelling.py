@@ -19,14 +19,14 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from . import permissions, reviews
+from . import permissions, review_input, reviews
 from .consensus import MISSING, dawid_skene, majority_vote, reader_figures
 from .errors import Conflict, Forbidden, NotFound, ValidationError
 from .models import (Case, LabellingSet, LabellingSetCase, LabellingSetReader, Review, User)
 from .runtime import Runtime
 from .vocabulary import Diagnosis, ReviewPurpose, Role, values
 
-PATTERN_CODES = reviews.PATTERN_CODES
+PATTERN_CODES = review_input.PATTERN_CODES
 DIAGNOSES = values(Diagnosis)
 HAM_DIAGNOSES = tuple(d for d in DIAGNOSES if d != Diagnosis.OTHER)
 
@@ -278,7 +278,7 @@ def export(rt: Runtime, user: User | None, ref: str, out: Path) -> dict:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
-    from .cases import fetch_object
+    from .case_access import fetch_object
 
     rows = []
     with rt.read() as session:
@@ -312,14 +312,14 @@ def export(rt: Runtime, user: User | None, ref: str, out: Path) -> dict:
             row[f"p_{code}"] = "" if ref_p is None else ref_p["p_present"]
             drawn = regions[code]
             if ref_p is not None and ref_p["present"] and drawn:
-                masks = [reviews.read_mask(fetch_object(rt, d["key"])) for d in drawn]
+                masks = [review_input.read_mask(fetch_object(rt, d["key"])) for d in drawn]
                 size = min(m.shape[0] for m in masks)
                 masks = [m if m.shape[0] == size else
                          np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(
                              (size, size), Image.Resampling.NEAREST)) > 127 for m in masks]
                 majority = np.mean(masks, axis=0) >= 0.5
                 if majority.any():
-                    (out / "masks" / f"{image_id}_{code}.png").write_bytes(reviews.mask_png(majority))
+                    (out / "masks" / f"{image_id}_{code}.png").write_bytes(review_input.mask_png(majority))
                     masks_written += 1
         rows.append(row)
     columns = ["image", "group", "dx", "bcc", "p_dx"] + [c for code in PATTERN_CODES for c in (code, f"p_{code}")]

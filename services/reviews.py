@@ -15,13 +15,10 @@ auditors, so readers stay blind to each other.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -30,138 +27,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import audit, permissions
+from .case_access import delete_quietly, fetch_object, mark_answer_seen, readable_case
 from .errors import Conflict, NotFound, Unavailable, ValidationError
 from .models import Case, ExplanationRecord, Prediction, Review, User, new_id, utcnow
+from .review_input import ReviewInput, mask_png, parse_review
 from .runtime import Runtime
 from .storage import StorageError
-from .vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, CaseStatus, Diagnosis, Management,
-                         PatternCall, ReviewPurpose, Role, values)
+from .vocabulary import DIAGNOSIS_NAMES, MANAGEMENT_NAMES, CaseStatus, Diagnosis, PatternCall, ReviewPurpose, Role
 
 log = logging.getLogger(__name__)
-
-PATTERN_CODES = ("PN", "UL", "BO", "MG", "ML", "SW", "AT")   # services.diagnosis.patterns.PATTERNS
-MAX_TEXT = 4000
-MAX_MASK_BYTES = 1_000_000
-MAX_MASK_SIDE = 2048
-
-
-@dataclass(frozen=True)
-class ReviewInput:
-    diagnosis: Diagnosis
-    diagnosis_other: str
-    patterns: dict[str, PatternCall]
-    regions: dict[str, np.ndarray] = field(default_factory=dict)   # code -> (S, S) bool
-    management: Management | None = None
-    message: str = ""
-    override_reason: str = ""
-    amendment_reason: str = ""
-
-
-# --- input -------------------------------------------------------------------------------------
-def _text(body: Mapping, name: str, limit: int = MAX_TEXT) -> str:
-    value = body.get(name, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be text", name)
-    value = value.strip()
-    if len(value) > limit:
-        raise ValidationError(f"{name} must be at most {limit} characters", name)
-    return value
-
-
-def parse_review(body: Mapping, purpose: ReviewPurpose = ReviewPurpose.CLINICAL) -> ReviewInput:
-    """A review from a JSON object (the page sends the same shape): a bad field is a
-    ValidationError that names it (``patterns.UL``, ``regions.AT``)."""
-    if not isinstance(body, Mapping):
-        raise ValidationError("send a JSON object", "body")
-    raw_dx = body.get("diagnosis")
-    if not isinstance(raw_dx, str) or raw_dx.strip() not in values(Diagnosis):
-        raise ValidationError(f"diagnosis must be one of {', '.join(values(Diagnosis))}", "diagnosis")
-    diagnosis = Diagnosis(raw_dx.strip())
-    other = _text(body, "diagnosis_other", 200)
-    if diagnosis == Diagnosis.OTHER and not other:
-        raise ValidationError("name the diagnosis when it is 'other'", "diagnosis_other")
-    raw_patterns = body.get("patterns")
-    if not isinstance(raw_patterns, Mapping):
-        raise ValidationError("patterns must map each of " + ", ".join(PATTERN_CODES)
-                              + " to present, absent or unsure", "patterns")
-    unknown = sorted(set(raw_patterns) - set(PATTERN_CODES))
-    if unknown:
-        raise ValidationError(f"unknown pattern {unknown[0]}; the patterns are "
-                              + ", ".join(PATTERN_CODES), f"patterns.{unknown[0]}")
-    patterns = {}
-    for code in PATTERN_CODES:
-        call = raw_patterns.get(code)
-        if not isinstance(call, str) or call not in values(PatternCall):
-            raise ValidationError(f"patterns.{code} must be one of {', '.join(values(PatternCall))}",
-                                  f"patterns.{code}")
-        patterns[code] = PatternCall(call)
-    raw_regions = body.get("regions") or {}
-    if not isinstance(raw_regions, Mapping):
-        raise ValidationError("regions must map a pattern to a PNG mask (base64 or a data URL)", "regions")
-    regions = {}
-    for code, encoded in raw_regions.items():
-        name = f"regions.{code}"
-        if code not in PATTERN_CODES:
-            raise ValidationError(f"unknown pattern {code}", name)
-        if encoded in (None, ""):
-            continue
-        if patterns[code] != PatternCall.PRESENT:
-            raise ValidationError(f"a region for {code} needs patterns.{code} = present", name)
-        regions[code] = decode_mask(encoded, name)
-    management = None
-    if purpose == ReviewPurpose.CLINICAL:
-        raw = body.get("management")
-        if not isinstance(raw, str) or raw not in values(Management):
-            raise ValidationError(f"management must be one of {', '.join(values(Management))}",
-                                  "management")
-        management = Management(raw)
-    return ReviewInput(diagnosis, other, patterns, regions, management, _text(body, "message"),
-                       _text(body, "override_reason"), _text(body, "amendment_reason"))
-
-
-def decode_mask(encoded, name: str) -> np.ndarray:
-    """A square PNG mask (a data URL or base64) -> bool array; marked = opaque or bright."""
-    if not isinstance(encoded, str):
-        raise ValidationError(f"{name} must be a PNG mask as base64 or a data URL", name)
-    if encoded.startswith("data:"):
-        head, _, encoded = encoded.partition(",")
-        if head != "data:image/png;base64":
-            raise ValidationError(f"{name} must be a data:image/png;base64 URL", name)
-    if len(encoded) > MAX_MASK_BYTES * 4 // 3 + 4:
-        raise ValidationError(f"{name} is larger than {MAX_MASK_BYTES // 1000} kB", name)
-    try:
-        data = base64.b64decode(encoded, validate=True)
-        img = Image.open(io.BytesIO(data))
-        if img.format != "PNG":
-            raise ValueError
-        if max(img.size) > MAX_MASK_SIDE:
-            raise ValidationError(f"{name} must be at most {MAX_MASK_SIDE} pixels a side", name)
-        img.load()
-    except ValidationError:
-        raise
-    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError):
-        raise ValidationError(f"{name} is not a readable PNG image", name) from None
-    if img.width != img.height:
-        raise ValidationError(f"{name} must be square: it covers the analysed (square) crop", name)
-    if "A" in img.getbands():
-        mask = np.asarray(img.getchannel("A")) > 0
-    else:
-        mask = np.asarray(img.convert("L")) > 127
-    if not mask.any():
-        raise ValidationError(f"{name} marks no pixel", name)
-    return mask
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255).convert("1").save(buf, "PNG", optimize=True)
-    return buf.getvalue()
-
-
-def read_mask(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("L")) > 127
 
 
 # --- what the AI said --------------------------------------------------------------------------
@@ -263,17 +137,9 @@ def _store_regions(rt: Runtime, review_id: str, regions: dict[str, np.ndarray]) 
             stored[code] = {"key": key, "sha256": hashlib.sha256(png).hexdigest(),
                             "area": round(float(mask.mean()), 4), "size": int(mask.shape[0])}
     except StorageError as exc:
-        _delete_quietly(rt, [r["key"] for r in stored.values()])
+        delete_quietly(rt, [r["key"] for r in stored.values()], "region mask")
         raise Unavailable("image storage is unavailable; the review was not saved, please retry") from exc
     return stored
-
-
-def _delete_quietly(rt: Runtime, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            rt.store.delete(key)
-        except StorageError:
-            log.warning("could not remove orphan region mask %s", key)
 
 
 def _map_array(rt: Runtime, pred: Prediction | None) -> tuple[np.ndarray, list[str]] | None:
@@ -368,10 +234,10 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
             result = review_view(stored, user.username, rec.record_hash)
     except IntegrityError as exc:
         # Two amendments of the same review: amends_id is UNIQUE, the second one loses.
-        _delete_quietly(rt, [r["key"] for r in regions.values()])
+        delete_quietly(rt, [r["key"] for r in regions.values()], "region mask")
         raise Conflict("the case's review changed while you were writing; reload and retry") from exc
     except BaseException:
-        _delete_quietly(rt, [r["key"] for r in regions.values()])
+        delete_quietly(rt, [r["key"] for r in regions.values()], "region mask")
         raise
     # A human decision is signed within seconds by a CPU worker, not at the next periodic
     # checkpoint: the window in which it could be rewritten unnoticed stays short.
@@ -434,8 +300,6 @@ def clinical_answer(session: Session, case_id: str) -> dict | None:
 def get_review(rt: Runtime, user: User, case_id: str) -> dict:
     """GP: the answer to their case; dermatologist and auditor: the review history, newest
     last, with what the AI said and the agreement."""
-    from .cases import mark_answer_seen, readable_case
-
     with rt.read() as session:
         case = readable_case(session, user, case_id)
         unseen = case.answered_at is not None and (case.answer_seen_at is None
@@ -459,8 +323,6 @@ def get_review(rt: Runtime, user: User, case_id: str) -> dict:
 
 
 def get_region(rt: Runtime, user: User, case_id: str, review_id: str, code: str) -> bytes:
-    from .cases import fetch_object, readable_case
-
     with rt.read() as session:
         readable_case(session, user, case_id)
         visible = {r.id: r for r in visible_reviews(session, user, case_id)}

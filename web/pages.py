@@ -8,7 +8,7 @@ from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect, 
                    request, session, url_for)
 
 from services import (access, audit, cases, checkpoints, labelling, monitoring, params, permissions, queue,
-                      reviews, users)
+                      review_input, reviews, users)
 from services.errors import DermaTriageError
 from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, AccessAction, BodySite, Diagnosis, Management,
                                  RiskTier, Role, values)
@@ -182,8 +182,8 @@ def review_region(case_id, review_id, code):
 
 
 def review_form(form) -> dict:
-    """The page's fields in the shape the API takes (services.reviews.parse_review)."""
-    codes = reviews.PATTERN_CODES
+    """The page's fields in the shape the API takes (services.review_input.parse_review)."""
+    codes = review_input.PATTERN_CODES
     return {"diagnosis": form.get("diagnosis", ""), "diagnosis_other": form.get("diagnosis_other", ""),
             "patterns": {c: form.get(f"pattern_{c}", "") for c in codes},
             "regions": {c: form[f"region_{c}"] for c in codes if form.get(f"region_{c}")},
@@ -205,7 +205,7 @@ def _region(case_id: str, pid: str | None, size: int | None, layers: bool) -> di
     return {"prediction_id": pid, "size": size,
             "crop_url": url_for("pages.case_crop", case_id=case_id, prediction_id=pid),
             "layer_base": url_for("pages.case_layer", case_id=case_id, prediction_id=pid, target="T")[:-len("T.png")],
-            "layer_suffix": ".png", "targets": ["BCC", *reviews.PATTERN_CODES] if layers else []}
+            "layer_suffix": ".png", "targets": ["BCC", *review_input.PATTERN_CODES] if layers else []}
 
 
 def _review_page(mode: str, case: dict, ai: dict | None, region: dict | None, action: str,
@@ -215,7 +215,7 @@ def _review_page(mode: str, case: dict, ai: dict | None, region: dict | None, ac
     return render_template(
         "review.html", mode=mode, case=case, ai=ai, region=region, action=action,
         head=head, form=form, labelling_set=labelling_set,
-        patterns=[(c, PATTERN_NAMES[c]) for c in reviews.PATTERN_CODES], validated=validated,
+        patterns=[(c, PATTERN_NAMES[c]) for c in review_input.PATTERN_CODES], validated=validated,
         diagnoses=[(d.value, DIAGNOSIS_NAMES[d]) for d in Diagnosis], diagnosis_names=DIAGNOSIS_NAMES,
         managements=[(m.value, MANAGEMENT_NAMES[m]) for m in Management]), status
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from services import audit, reviews
+from services import audit, review_input
 from services.diagnosis.engine import Engine
 from services.models import Case, ExplanationRecord, Review
 
@@ -94,7 +94,7 @@ def test_review_loop_answers_the_gp_and_joins_the_chain(stack, small_engine, ham
     assert report.ok and report.records == 4 and report.objects == 2 + 1   # a map array per image, 1 region
     # the drawn region is served back, and is the mask that was sent
     png = client.get(f"/api/v1/cases/{case_id}/reviews/{first['id']}/regions/AT", headers=h).data
-    assert reviews.read_mask(png).mean() == pytest.approx(1 / 16, abs=0.01)
+    assert review_input.read_mask(png).mean() == pytest.approx(1 / 16, abs=0.01)
 
 
 def test_reviews_are_append_only_and_a_region_swap_is_detected(embedded_stack, small_engine, ham_jpegs):
@@ -110,7 +110,7 @@ def test_reviews_are_append_only_and_a_region_swap_is_detected(embedded_stack, s
             with rt.engine.begin() as c:
                 c.execute(text(stmt))
     key = f"regions/{created['id']}/BO.png"
-    rt.store.put(key, reviews.mask_png(np.ones((size, size), bool)), "image/png")
+    rt.store.put(key, review_input.mask_png(np.ones((size, size), bool)), "image/png")
     with rt.read() as s:
         report = audit.verify(s, rt.store)
     assert not report.ok and "region mask for BO altered" in report.first_broken["problem"]
