@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from services.memory import retain_freed_memory
 retain_freed_memory()          # as every dermatriage process does
-from services.modelling import train
-cfg = train.RealTrainConfig(limit={images}, synthetic=100, seed={seed})
+from services.modelling import recipe, train
+cfg = recipe.RealTrainConfig(limit={images}, synthetic=100, seed={seed})
 train.build_real(Path(sys.argv[1]), cfg, progress=False, log=lambda *_: None)
 """
 

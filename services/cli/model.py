@@ -37,7 +37,7 @@ def building(module: str):
 
 @click.group()
 def model() -> None:
-    """Diagnosis models: build the demo, evaluate, show a card."""
+    """Diagnosis models: build, train, evaluate, show the card."""
 
 
 @model.command("build-demo")
@@ -66,7 +66,7 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--augmentation", type=click.Choice(["dihedral", "full"]), default="dihedral",
               show_default=True,
               help="How views 1.. are drawn: one of the square's other 7 symmetries (lossless), or "
-                   "the seed's rotation, flips, blur, perspective and colour (README).")
+                   "the seed's rotation, flips, blur, perspective and colour (docs/experiments.md).")
 @click.option("--invariance", type=click.FloatRange(0, 100), default=0.1, show_default=True,
               help="Weight of the views' agreement in the BCC and diagnosis read-outs (0: none).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
@@ -85,17 +85,16 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--finetune-from", type=click.IntRange(0, 18), default=0, show_default=True,
               help="First backbone block that stage 2 fine-tunes (on cached activations of the "
                    "block before; 11-18), e.g. 14; 0 keeps the backbone frozen (the "
-                   "build: see README for what stage 2 measured).")
+                   "build: see docs/experiments.md for what stage 2 measured).")
 @click.option("--centre", type=click.IntRange(0, 7), default=3, show_default=True,
               help="Side of the central window of the 7x7 map that the BCC and diagnosis heads "
                    "read beside its global mean (0: the global mean alone).")
 @click.option("--lesion/--no-lesion", default=True, show_default=True,
               help="The BCC and diagnosis heads also read the map's mean over the lesion "
-                   "(the engine's Otsu mask): balanced accuracy 0.685 -> 0.697 out of fold "
-                   "(README).")
+                   "(the engine's Otsu mask; docs/experiments.md).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu: the frozen-backbone recipe (the build). cuda: stage 2 on images, every "
-                   "block fine-tuned with fresh augmentation at every step (README).")
+                   "block fine-tuned with fresh augmentation at every step (docs/model.md).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
@@ -108,6 +107,7 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
         # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
         raise click.BadParameter("must be 0 (frozen) or between 11 and 18", param_hint="--finetune-from")
     trainer = building("services.modelling.train")
+    recipe = building("services.modelling.recipe")
     out = out or config.real_model_path()
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
@@ -123,11 +123,11 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
             raise click.ClickException("--device cuda: no CUDA device is available here "
                                        "(the CPU recipe is the default)")
         gpu = dict(image_finetune=True, device="cuda", image_workers=min(8, os.cpu_count() or 1))
-    cfg = trainer.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=invariance,
-                                  folds=folds, loss=loss, solver=solver,
-                                  synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
-                                  min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
-                                  centre=centre, lesion=lesion, **gpu)
+    cfg = recipe.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=invariance,
+                                 folds=folds, loss=loss, solver=solver,
+                                 synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
+                                 min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
+                                 centre=centre, lesion=lesion, **gpu)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:

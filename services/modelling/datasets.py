@@ -21,6 +21,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from .. import config
+from ..diagnosis.patterns import PATTERNS
 from ..errors import ValidationError
 
 DIAGNOSES = ("nv", "mel", "bcc", "akiec", "bkl", "df", "vasc")
@@ -121,3 +125,59 @@ def load_dataset(folder: Path) -> list[Sample]:
             return samples
     raise ValidationError(f"{folder} has none of metadata.csv (HAM10000), meta.csv (Derm7pt) "
                           "or labels.csv", "dataset")
+
+
+# --- the shared data as one training set, its labels as tensors --------------------------------
+def shared_samples(limit: int | None = None) -> list[Sample]:
+    root = config.shared_data_dir()
+    ham, d7 = root / "ham10000-224", root / "derm7pt"
+    if not (ham / "metadata.csv").is_file() or not (d7 / "meta.csv").is_file():
+        raise ValidationError(f"real training data not found under {root} (ham10000-224/, derm7pt/)",
+                              "data")
+    a, b = load_ham10000(ham), load_derm7pt(d7)
+    if limit:
+        # Keep both classes of every label in a small subset: interleave by diagnosis.
+        a = _spread(a, limit)
+        b = _spread(b, max(8, limit // 4))
+    return a + b
+
+
+def _spread(samples: list[Sample], n: int) -> list[Sample]:
+    by: dict = {}
+    for s in samples:
+        by.setdefault((s.dx, s.AT), []).append(s)
+    out, i = [], 0
+    while len(out) < min(n, len(samples)):
+        for group in by.values():
+            if i < len(group) and len(out) < n:
+                out.append(group[i])
+        i += 1
+    return out
+
+
+@dataclass
+class Labels:
+    dx: torch.Tensor          # (N,) class index or -1
+    bcc: torch.Tensor         # (N,) 0/1 or -1
+    patterns: torch.Tensor    # (N, 7) 0/1 or -1
+    labelled: tuple[str, ...] = ("PN", "AT")   # patterns with enough real labels (validated)
+
+    @classmethod
+    def of(cls, samples: list[Sample], min_labels: int = 10) -> "Labels":
+        dx = torch.tensor([DIAGNOSES.index(s.dx) if s.dx else -1 for s in samples])
+        bcc = torch.tensor([-1 if s.bcc is None else s.bcc for s in samples])
+        pat = torch.full((len(samples), len(PATTERNS)), -1)
+        for i, s in enumerate(samples):
+            for j, code in enumerate(PATTERNS):
+                value = getattr(s, code)
+                if value is not None:
+                    pat[i, j] = value
+        labelled = tuple(code for j, code in enumerate(PATTERNS)
+                         if (pat[:, j] == 1).sum() >= min_labels and (pat[:, j] == 0).sum() >= min_labels)
+        for j, code in enumerate(PATTERNS):
+            if code not in labelled:
+                pat[:, j] = -1      # too few real labels to fit or validate a head on
+        return cls(dx, bcc, pat, labelled)
+
+    def subset(self, rows) -> "Labels":
+        return Labels(self.dx[rows], self.bcc[rows], self.patterns[rows], self.labelled)

@@ -137,7 +137,7 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
         for k, c in enumerate(classes):
             if (truth == k).any() and (truth != k).any():
                 binary(f"dx:{c}", truth == k, prob[:, k], card.operating_points.get(c))
-        # The card's training class frequencies give the balanced decision (see train.assess).
+        # The card's training class frequencies give the balanced decision (see validation.assess).
         prior = (card.metrics.get("out_of_fold") or {}).get("class_prior")
         decision = prob / np.maximum([prior[c] for c in classes], 1e-6) if prior else prob
         out["balanced_accuracy"] = round(balanced_accuracy(truth, decision.argmax(1), len(classes)), 4)

@@ -3,9 +3,9 @@ step, for a GPU (``dermatriage model train --device cuda``).
 
 Why a recipe of its own: on 2 cores the build caches two views of every image once and
 trains on the cache, so every epoch sees the same two samples of each image; fine-tuning
-through cached block-13 activations gained half a point and cost 8 minutes (train.py's
-notes). On a GPU each step can draw a new augmented image (the seed's rotation, flips, blur,
-perspective and colour, ``train.augment``) and push gradients through every block, which is
+through cached block-13 activations did not pay for its time (docs/experiments.md,
+"Stage 2"). On a GPU each step can draw a new augmented image (the seed's rotation, flips, blur,
+perspective and colour, ``views.augment``) and push gradients through every block, which is
 what fine-tuning on this little data needs.
 
 The stages follow the seed (SCIENCE.md s.1): the heads are first fitted exactly on the frozen
@@ -16,7 +16,7 @@ network's pooled vectors (the seed's third stage, heads only, with the exact fit
 a very low rate), which is also where the pattern heads learn (687 labelled images are too
 few to steer the blocks, and the synthetic drawings must not).
 
-The backbone stays in eval mode, as in ``train.finetune``: the TFLite reader folded
+The backbone stays in eval mode, as in ``cached_finetune.finetune``: the TFLite reader folded
 BatchNorm into the convolutions, and train mode would normalise by batch statistics.
 """
 
@@ -31,10 +31,14 @@ import torch
 from PIL import Image
 
 from ..diagnosis.network import BCCPatternNet
+from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import to_unit
-from .datasets import DIAGNOSES, Sample
-from .train import (_class_weights, _last_linear, _pos_weight, augment, load_image, readout_loss,
-                    view_of)
+from .datasets import DIAGNOSES, Labels, Sample
+from .features import Features
+from .readouts import (class_weights, fit_readouts, head_logits, last_linear, pos_weight, readout_loss,
+                       train_heads)
+from .recipe import RealTrainConfig
+from .views import augment, load_image, view_of
 
 
 def decode_all(samples: list[Sample], size: int) -> np.ndarray:
@@ -85,9 +89,9 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
     softmax, positive-weighted BCC) and their L2 terms. ``progress`` counts steps."""
     model.to(device).eval()
     train_dx, train_bcc = dx[rows], bcc[rows]
-    dx_weight = _class_weights(train_dx, len(DIAGNOSES)).to(device)
-    bcc_pos = _pos_weight(train_bcc[train_bcc >= 0]).to(device)
-    dx_head, bcc_head = _last_linear(model.diagnosis_head), _last_linear(model.bcc_head)
+    dx_weight = class_weights(train_dx, len(DIAGNOSES)).to(device)
+    bcc_pos = pos_weight(train_bcc[train_bcc >= 0]).to(device)
+    dx_head, bcc_head = last_linear(model.diagnosis_head), last_linear(model.bcc_head)
     params = (list(model.features[cfg.image_from:].parameters()) + list(dx_head.parameters())
               + list(bcc_head.parameters()))
     opt = torch.optim.AdamW(params, lr=cfg.image_lr, weight_decay=1e-4)
@@ -120,7 +124,7 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
 
 def pooled_views(model: BCCPatternNet, images: np.ndarray, cfg, device: torch.device) -> torch.Tensor:
     """(views, N, C) pooled vectors of every image through the (tuned) network, on the CPU:
-    the build's cached views (``train.view_of``), for the exact refit of the heads."""
+    the build's cached views (``views.view_of``), for the exact refit of the heads."""
     return torch.stack([
         pooled_of(model, images if view == 0 else
                   np.stack([np.asarray(view_of(Image.fromarray(a), i, view, cfg)) for i, a in enumerate(images)]),
@@ -136,3 +140,42 @@ def pooled_of(model: BCCPatternNet, images: np.ndarray, device: torch.device, ba
             x = to_unit(images[start:start + batch]).to(device).contiguous(memory_format=torch.channels_last)
             out.append(model.pooled(x).float().cpu())
     return torch.cat(out)
+
+
+def out_of_fold_images(model: BCCPatternNet, samples: list[Sample], feats: Features, labels: Labels,
+                       folds: np.ndarray, cfg: RealTrainConfig,
+                       progress: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """``out_of_fold`` with stage 2 on images (``image_finetune.py``): per fold, and then for
+    all images, the read-outs fitted on the frozen features (one solve, as the CPU build),
+    the backbone fine-tuned on the fold's training images, and every head refitted exactly
+    on the tuned network's views of them; the fold's images are then predicted by its tuned
+    network. The model is left tuned on every image, on the CPU."""
+    from .synthetic import generate
+
+    device = torch.device(cfg.device)
+    deterministic_cuda(device)
+    size = model.arch.input_size
+    images = decode_all(samples, size)
+    drawn = np.asarray(generate(cfg.synthetic, cfg.seed + 7, size).images) if cfg.synthetic else None
+    n = len(samples)
+    targets = np.zeros((n, 1 + len(PATTERNS)), np.float32)
+    diagnoses = np.zeros((n, len(DIAGNOSES)), np.float32)
+    sets = [torch.from_numpy(folds != k) for k in range(cfg.folds)] + [torch.ones(n, dtype=torch.bool)]
+    readouts = fit_readouts(feats.real, labels, sets, cfg)
+    imagenet = {k: v.clone() for k, v in model.features.state_dict().items()}
+    for k, (rows, readout) in enumerate(zip(sets, readouts)):
+        model.cpu()
+        model.features.load_state_dict(imagenet)     # every fold starts from ImageNet
+        readout.install(model)
+        finetune_images(model, images, np.flatnonzero(rows.numpy()), labels.dx, labels.bcc, cfg,
+                               device, cfg.seed + 101 * (k + 1), progress)
+        tuned = pooled_views(model, images, cfg, device)
+        synthetic = feats.synthetic if drawn is None else pooled_of(model, drawn, device)
+        model.cpu()
+        train_heads(model, tuned[:, rows], labels.subset(rows), synthetic, feats.synthetic_patterns, cfg,
+                    cfg.seed + 101 * (k + 1))
+        if rows is not sets[-1]:
+            test = ~rows
+            targets[test.numpy()], diagnoses[test.numpy()] = head_logits(model, tuned[0, test])
+    model.cpu().eval()
+    return targets, diagnoses

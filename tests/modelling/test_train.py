@@ -11,7 +11,7 @@ from services.cli import main
 from services.diagnosis import artifact
 from services.diagnosis.engine import Engine
 from services.diagnosis.patterns import PATTERNS
-from services.modelling import train
+from services.modelling import cached_finetune, datasets, features, readouts, recipe, train, views
 
 # With the lesion pooling (the default; explicit here, since the tests below rely on it).
 TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2, lesion=True)
@@ -28,15 +28,15 @@ def shared_ready():
 @pytest.fixture(scope="module")
 def tiny_model(shared_ready, tmp_path_factory):
     path = tmp_path_factory.mktemp("real") / "real.pt"
-    card = train.build_real(path, train.RealTrainConfig(**TINY), progress=False, log=lambda *_: None)
+    card = train.build_real(path, recipe.RealTrainConfig(**TINY), progress=False, log=lambda *_: None)
     return path, card
 
 
 def test_build_is_deterministic_for_a_seed(tiny_model, tmp_path):
     path, card = tiny_model
-    again = train.build_real(tmp_path / "again.pt", train.RealTrainConfig(**TINY), progress=False,
+    again = train.build_real(tmp_path / "again.pt", recipe.RealTrainConfig(**TINY), progress=False,
                              log=lambda *_: None)
-    other = train.build_real(tmp_path / "other.pt", train.RealTrainConfig(**{**TINY, "seed": 1}),
+    other = train.build_real(tmp_path / "other.pt", recipe.RealTrainConfig(**{**TINY, "seed": 1}),
                              progress=False, log=lambda *_: None)
     assert again.weights_sha256 == card.weights_sha256
     assert other.weights_sha256 != card.weights_sha256
@@ -62,27 +62,27 @@ def reviewed_folder(folder, n_positive: int, n_negative: int):
 
 def test_reviewed_labels_validate_the_patterns_they_cover(shared_ready, tmp_path):
     enough = reviewed_folder(tmp_path / "enough", 6, 6)
-    cfg = train.RealTrainConfig(**{**TINY, "extra_datasets": (str(enough),), "min_pattern_labels": 5})
+    cfg = recipe.RealTrainConfig(**{**TINY, "extra_datasets": (str(enough),), "min_pattern_labels": 5})
     card = train.build_real(tmp_path / "m.pt", cfg, progress=False, log=lambda *_: None)
-    assert card.validation["UL"] == train.VALIDATED
-    assert card.evidence_patterns == [c for c in PATTERNS if card.validation[c] == train.VALIDATED]
+    assert card.validation["UL"] == recipe.VALIDATED
+    assert card.evidence_patterns == [c for c in PATTERNS if card.validation[c] == recipe.VALIDATED]
     assert "UL" in card.evidence_patterns and "UL" in card.calibration and "UL" in card.metrics["out_of_fold"]
     assert "12 reviewed images" in card.training_data["per_target"]["UL"]
     few = reviewed_folder(tmp_path / "few", 3, 6)
-    cfg = train.RealTrainConfig(**{**TINY, "extra_datasets": (str(few),), "min_pattern_labels": 5})
+    cfg = recipe.RealTrainConfig(**{**TINY, "extra_datasets": (str(few),), "min_pattern_labels": 5})
     card = train.build_real(tmp_path / "m2.pt", cfg, progress=False, log=lambda *_: None)
-    assert card.validation["UL"] == train.NOT_VALIDATED and "UL" not in card.evidence_patterns
+    assert card.validation["UL"] == recipe.NOT_VALIDATED and "UL" not in card.evidence_patterns
     assert "9 real labels" in card.training_data["per_target"]["UL"]
 
 
 def test_card_states_what_each_target_was_validated_on(tiny_model):
     _, card = tiny_model
     loaded = artifact.load(tiny_model[0]).card
-    assert loaded.validation["BCC"] == loaded.validation["diagnoses"] == train.VALIDATED
+    assert loaded.validation["BCC"] == loaded.validation["diagnoses"] == recipe.VALIDATED
     assert {c: loaded.validation[c] for c in PATTERNS} == {
-        "PN": train.VALIDATED, "AT": train.VALIDATED, "UL": train.NOT_VALIDATED,
-        "BO": train.NOT_VALIDATED, "MG": train.NOT_VALIDATED, "ML": train.NOT_VALIDATED,
-        "SW": train.NOT_VALIDATED}
+        "PN": recipe.VALIDATED, "AT": recipe.VALIDATED, "UL": recipe.NOT_VALIDATED,
+        "BO": recipe.NOT_VALIDATED, "MG": recipe.NOT_VALIDATED, "ML": recipe.NOT_VALIDATED,
+        "SW": recipe.NOT_VALIDATED}
     assert loaded.evidence_patterns == ["PN", "AT"]
     assert "not a medical device" in loaded.intended_use.lower() and loaded.clinical_use is False
     oof = loaded.metrics["out_of_fold"]
@@ -148,17 +148,17 @@ def test_exact_heads_reach_the_regularised_optimum(classes):
     z = torch.randn(600, 12, generator=gen)
     truth = torch.randn(12, max(classes, 2), generator=gen)
     y = (z @ truth).argmax(1) if classes > 1 else ((z @ truth[:, 0]) > 0.5).long()
-    cfg = train.RealTrainConfig()
+    cfg = recipe.RealTrainConfig()
     weight = torch.ones(classes) if classes > 1 else None
-    pos = None if classes > 1 else train._pos_weight(y)
-    w, b = train._logistic(z, y, 0.01, cfg, weight=weight, pos_weight=pos)
+    pos = None if classes > 1 else readouts.pos_weight(y)
+    w, b = readouts._logistic(z, y, 0.01, cfg, weight=weight, pos_weight=pos)
     w, b = w.T.clone().requires_grad_(True), b.clone().requires_grad_(True)
     logits = z @ w + b
     loss = (F.cross_entropy(logits, y, weight=weight) if classes > 1
             else F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), pos_weight=pos))
     (loss + 0.01 * (w * w).sum()).backward()
     assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
-    strong, _ = train._logistic(z, y, 1.0, cfg, weight=weight, pos_weight=pos)
+    strong, _ = readouts._logistic(z, y, 1.0, cfg, weight=weight, pos_weight=pos)
     assert strong.norm() < 0.5 * w.detach().norm()
 
 
@@ -172,7 +172,7 @@ def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shar
     from services.diagnosis.network import BCCPatternNet
     from services.modelling.imagenet import SHARED_FILE, read_tflite
 
-    cfg = train.RealTrainConfig(**TINY, finetune_from=14)
+    cfg = recipe.RealTrainConfig(**TINY, finetune_from=14)
     card = train.build_real(tmp_path / "tuned.pt", cfg, progress=False, log=lambda *_: None)
     assert card.metrics["training_config"]["finetune_from"] == 14
     again = train.build_real(tmp_path / "again.pt", cfg, progress=False, log=lambda *_: None)
@@ -192,12 +192,12 @@ def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shar
 
     # The cached route (ImageNet blocks up to the cache, the tuned tail after) equals the
     # served network on the same images.
-    samples = train.shared_samples(8)[:8]
-    small = train.RealTrainConfig(**{**TINY, "views": 1, "synthetic": 0, "finetune_from": 14})
-    feats = train.extract(imagenet.eval(), samples, small, lambda _n: None)
+    samples = datasets.shared_samples(8)[:8]
+    small = recipe.RealTrainConfig(**{**TINY, "views": 1, "synthetic": 0, "finetune_from": 14})
+    feats = features.extract(imagenet.eval(), samples, small, lambda _n: None)
     assert feats.cells is not None and feats.cells.shape == (1, 8, 1, 7, 7)   # the lesion pooling's input
-    cached = train.tail_pooled(served, feats.inner, feats.real, start, feats.cells)[0]
-    images = np.stack([np.asarray(train.load_image(s.path, 224)) for s in samples])
+    cached = cached_finetune.tail_pooled(served, feats.inner, feats.real, start, feats.cells)[0]
+    images = np.stack([np.asarray(views.load_image(s.path, 224)) for s in samples])
     from services.diagnosis.preprocess import to_unit
     with torch.inference_mode():
         direct = served.eval().pooled(to_unit(images))
@@ -225,20 +225,20 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
     dx[::11] = -1                                   # images without a diagnosis
     bcc = (dx == 2).long()
     bcc[::7] = -1                                   # and without a BCC label
-    labels = train.Labels(dx, bcc, torch.full((n, len(PATTERNS)), -1))
+    labels = datasets.Labels(dx, bcc, torch.full((n, len(PATTERNS)), -1))
     folds = torch.arange(n) % 3
     sets = [folds != k for k in range(3)] + [torch.ones(n, dtype=torch.bool)]
-    cfg = train.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02, invariance=0.1)
-    readouts = train.fit_readouts(x, labels, sets, cfg)
-    assert len(readouts) == 4
-    for rows, r in zip(sets, readouts):
+    cfg = recipe.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02, invariance=0.1)
+    fitted = readouts.fit_readouts(x, labels, sets, cfg)
+    assert len(fitted) == 4
+    for rows, r in zip(sets, fitted):
         flat, d, b = x[:, rows].reshape(-1, c), dx[rows].repeat(views), bcc[rows].repeat(views)
         assert torch.allclose(r.mean, flat.mean(0)) and torch.allclose(r.std, flat.std(0))
         z = (flat - r.mean) / r.std
         w = r.weight.clone().requires_grad_(True)
         bias = r.bias.clone().requires_grad_(True)
         logits = z @ w + bias
-        weight, pos = train._class_weights(d, 7), train._pos_weight(b[b >= 0])
+        weight, pos = readouts.class_weights(d, 7), readouts.pos_weight(b[b >= 0])
         loss = (F.cross_entropy(logits[d >= 0, :7], d[d >= 0], weight=weight) + 0.01 * w[:, :7].square().sum()
                 + F.binary_cross_entropy_with_logits(logits[b >= 0, 7], b[b >= 0].float(), pos_weight=pos)
                 + 0.02 * w[:, 7].square().sum())
@@ -248,10 +248,10 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
                                 for m, cols in ((dx[rows] >= 0, slice(0, 7)), (bcc[rows] >= 0, slice(7, 8))))
         loss.backward()
         assert w.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3
-        alone, alone_b = train._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight, views=views)
+        alone, alone_b = readouts._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight, views=views)
         # Softmax logits are defined up to a constant per image (the biases are not penalised).
         assert torch.allclose(logits[:, :7].detach().softmax(1), (z @ alone.T + alone_b).softmax(1), atol=1e-3)
-        alone, alone_b = train._logistic(z[b >= 0], b[b >= 0], 0.02, cfg, pos_weight=pos, views=views)
+        alone, alone_b = readouts._logistic(z[b >= 0], b[b >= 0], 0.02, cfg, pos_weight=pos, views=views)
         assert torch.allclose(logits[:, 7:].detach().sigmoid(), (z @ alone.T + alone_b).sigmoid(), atol=1e-3)
 
 
@@ -262,7 +262,7 @@ def test_dihedral_views_are_the_squares_other_symmetries_and_lose_no_pixel():
     original = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)))
     seen = set()
     for i in range(64):
-        view = np.asarray(train.dihedral(Image.fromarray(original), np.random.default_rng([0, i, 1])))
+        view = np.asarray(views.dihedral(Image.fromarray(original), np.random.default_rng([0, i, 1])))
         assert view.shape == original.shape and not np.array_equal(view, original)
         # A symmetry moves pixels and changes none: the same colours, as often.
         assert sorted(map(tuple, view.reshape(-1, 3))) == sorted(map(tuple, original.reshape(-1, 3)))
@@ -283,8 +283,8 @@ def test_invariance_pulls_each_images_views_together():
     z, labels = torch.cat([first, second]), y.repeat(2)
 
     def disagreement(invariance):
-        cfg = train.RealTrainConfig(invariance=invariance)
-        w, b = train._logistic(z, labels, 0.01, cfg, pos_weight=train._pos_weight(labels), views=2)
+        cfg = recipe.RealTrainConfig(invariance=invariance)
+        w, b = readouts._logistic(z, labels, 0.01, cfg, pos_weight=readouts.pos_weight(labels), views=2)
         return ((second - first) @ w.T).square().mean().item(), w[0, 3].item() / w[0, 0].item()
 
     (loose, ratio_loose), (tight, ratio_tight) = disagreement(0.0), disagreement(1.0)
@@ -300,7 +300,7 @@ def test_image_finetune_tunes_the_backbone_on_fresh_augmentations_and_serves_it(
     from services.modelling.image_finetune import AugmentedImages
     from services.modelling.imagenet import SHARED_FILE, read_tflite
 
-    cfg = train.RealTrainConfig(**{**TINY, "limit": 24}, image_finetune=True, image_epochs=1, image_batch=16,
+    cfg = recipe.RealTrainConfig(**{**TINY, "limit": 24}, image_finetune=True, image_epochs=1, image_batch=16,
                                 image_from=14)
     path = tmp_path / "tuned.pt"
     card = train.build_real(path, cfg, progress=False, log=lambda *_: None)

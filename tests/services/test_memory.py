@@ -13,7 +13,8 @@ if sys.argv[1] == "retain":
     from services.memory import retain_freed_memory
     assert retain_freed_memory()
 from PIL import Image
-from services.modelling.train import RealTrainConfig, augment
+from services.modelling.recipe import RealTrainConfig
+from services.modelling.views import augment
 from services.diagnosis.network import BCCPatternNet
 torch.set_num_threads(1)
 model = BCCPatternNet(RealTrainConfig().architecture()).eval()

@@ -1,0 +1,83 @@
+"""The views of an image that the build caches: view 0 as the engine serves it, the others
+a symmetry (the default) or the seed's augmentation, each drawn from (seed, image, view)
+alone so that a build is a function of its seed.
+
+Why symmetries and not the seed's augmentation: on a frozen backbone each cached view is one
+fixed sample, and colour jitter and resampling blur move it off the image (docs/experiments.md,
+"Views").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+from ..diagnosis.preprocess import decode, resize_and_crop
+
+if TYPE_CHECKING:
+    from .recipe import RealTrainConfig
+
+_SYMMETRIES = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+               Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
+               Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)
+
+
+def dihedral(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One of the square's 7 symmetries other than the identity, drawn by ``rng``: a
+    dermoscopic image has no up and no left, and these moves lose no pixel (no
+    interpolation, no padding, colours untouched)."""
+    return img.transpose(_SYMMETRIES[int(rng.integers(len(_SYMMETRIES)))])
+
+
+def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rotation, flips, blur, perspective and colour, as dermoscopy varies between shots
+    (the seed's augmentation)."""
+    size = img.size[0]
+    pad = size // 4
+    arr = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    big = Image.fromarray(arr).rotate(float(rng.uniform(0, 360)), Image.Resampling.BILINEAR)
+    # Perspective: move each corner of the crop by up to 6% of the side.
+    corners = np.array([[0, 0], [size, 0], [size, size], [0, size]], float) + pad
+    moved = corners + rng.uniform(-0.06, 0.06, corners.shape) * size
+    img = big.transform((size, size), Image.Transform.PERSPECTIVE,
+                        _perspective_coeffs(corners - pad, moved), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.85, 1.15)))
+    img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.85, 1.15)))
+    return img
+
+
+AUGMENTATIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "dihedral": dihedral, "full": augment}
+
+
+def view_of(img: Image.Image, i: int, view: int, cfg: "RealTrainConfig") -> Image.Image:
+    """View ``view`` of image ``i`` as the build caches it: view 0 is the image as served,
+    the others ``cfg.augmentation`` drawn from (seed, image, view) alone."""
+    if view == 0:
+        return img
+    return AUGMENTATIONS[cfg.augmentation](img, np.random.default_rng([cfg.seed, i, view]))
+
+
+def _perspective_coeffs(target: np.ndarray, source: np.ndarray) -> tuple:
+    """PIL's 8 coefficients mapping output (target) corners to input (source) corners."""
+    rows = []
+    for (x, y), (u, v) in zip(target, source):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    coeffs = np.linalg.solve(np.array(rows, float), source.reshape(-1))
+    return tuple(float(c) for c in coeffs)
+
+
+def load_image(path: Path, size: int) -> Image.Image:
+    img, _ = decode(path.read_bytes())
+    return resize_and_crop(img, size)[0]
