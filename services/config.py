@@ -24,21 +24,35 @@ WORKER_QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE)
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
-def data_dir(env: dict | None = None) -> Path:
+def _install_var() -> Path:
     """``var/`` of the source checkout, or of the working directory for an installed wheel."""
+    return (PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else Path.cwd()) / "var"
+
+
+def data_dir(env: dict | None = None) -> Path:
+    """Where the embedded default keeps its database, objects, broker and keys:
+    DERMATRIAGE_DATA_DIR, else the installation's ``var/``."""
     env = os.environ if env is None else env
-    base = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else Path.cwd()
-    return Path(env.get("DERMATRIAGE_DATA_DIR", base / "var")).resolve()
+    return Path(env.get("DERMATRIAGE_DATA_DIR", _install_var())).resolve()
+
+
+def models_dir(env: dict | None = None) -> Path:
+    """Where models are built and where the one in service is looked for:
+    DERMATRIAGE_MODELS_DIR, else the installation's ``var/models``. Not under
+    DERMATRIAGE_DATA_DIR: a second data directory (another database, other objects) still
+    serves the model ``make install`` built, instead of asking for one of its own."""
+    env = os.environ if env is None else env
+    return Path(env.get("DERMATRIAGE_MODELS_DIR", _install_var() / "models")).resolve()
 
 
 def demo_model_path(env: dict | None = None) -> Path:
     """The synthetic demo model (tests, and machines without the real data)."""
-    return data_dir(env) / "models" / "demo-bcc.pt"
+    return models_dir(env) / "demo-bcc.pt"
 
 
 def real_model_path(env: dict | None = None) -> Path:
     """The model trained on real dermoscopic images (built where ../shared/data is present)."""
-    return data_dir(env) / "models" / "real-bcc.pt"
+    return models_dir(env) / "real-bcc.pt"
 
 
 def model_path(env: dict | None = None) -> Path:
@@ -49,6 +63,17 @@ def model_path(env: dict | None = None) -> Path:
         return Path(env["DERMATRIAGE_MODEL_PATH"])
     real = real_model_path(env)
     return real if real.exists() else demo_model_path(env)
+
+
+def missing_model_message(path: Path, env: dict | None = None) -> str:
+    """What to do when no model is in service, naming the variables that choose it."""
+    env = os.environ if env is None else env
+    if env.get("DERMATRIAGE_MODEL_PATH"):
+        return (f"no model at {path} (DERMATRIAGE_MODEL_PATH): point it at a weights file, or "
+                "unset it to serve the model `dermatriage model build` writes")
+    return (f"no model in {models_dir(env)} (DERMATRIAGE_MODELS_DIR): run `dermatriage model build` "
+            "(the real-image model where ../shared/data is present, else the demo model), or set "
+            "DERMATRIAGE_MODELS_DIR or DERMATRIAGE_MODEL_PATH to where a model is")
 
 
 def shared_data_dir() -> Path:

@@ -23,10 +23,41 @@ from .model import model  # noqa: E402
 from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
 
 
-@click.group()
+# How `dermatriage --help` groups the commands: by who reaches for them, in the order a
+# newcomer meets them.
+SECTIONS = (
+    ("Run the product", (run, web, worker, health, db)),
+    ("Cases and analysis", (jobs,)),
+    ("Models", (model,)),
+    ("Labelling", (labels,)),
+    ("Audit", (audit,)),
+    ("Accounts", (users,)),
+    ("Benchmarks", (bench,)),
+)
+
+
+class SectionedGroup(click.Group):
+    """A group whose help lists its commands under the headings of ``SECTIONS``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [c.name for _, commands in SECTIONS for c in commands]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for title, commands in SECTIONS:
+            rows = [(c.name, c.get_short_help_str(limit=70)) for c in commands]
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=SectionedGroup)
 def main() -> None:
-    """DermaTriage: teledermatology triage with explained BCC diagnosis."""
+    """DermaTriage: teledermatology triage with explained BCC diagnosis.
+
+    Start with `dermatriage run` (web and worker on the embedded default); every other
+    operation is one of the commands below. `dermatriage COMMAND --help` says more.
+    """
 
 
-for command in (model, bench, db, users, worker, web, health, run, jobs, audit, labels):
-    main.add_command(command)
+for _, _commands in SECTIONS:
+    for _command in _commands:
+        main.add_command(_command)

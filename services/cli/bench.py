@@ -11,6 +11,15 @@ from services import config
 from .model import building, load_engine
 
 
+def served_model(model_path: Path | None) -> Path:
+    """--model, else the model in service; a clear message when it is not there."""
+    model = model_path or config.model_path()
+    if not model.exists():
+        raise click.ClickException(f"no model at {model} (--model)" if model_path
+                                   else config.missing_model_message(model))
+    return model
+
+
 @click.group()
 def bench() -> None:
     """Benchmarks (figures measured side by side in one run)."""
@@ -60,9 +69,7 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
              as_json: bool) -> None:
     """Cases/s through the HTTP API and a worker, live and draining a backlog, against the engine."""
     pipeline_bench = building("services.bench.pipeline")
-    model = model_path or config.model_path()
-    if not model.exists():
-        raise click.ClickException(f"no model at {model}: run `make install`")
+    model = served_model(model_path)
     shared = _shared_data()
     chosen = ["embedded", "full"] if stacks == "both" else [stacks]
     result = pipeline_bench.bench_pipeline(n, chosen, model, shared, postgres_admin_url, redis_url)
@@ -90,9 +97,7 @@ def pipeline(n: int, stacks: str, model_path: Path | None, postgres_admin_url: s
 def worker(n: int, batch: int, model_path: Path | None, postgres_admin_url: str | None, as_json: bool) -> None:
     """The analysis hot path against inference alone, in one process (embedded stack)."""
     worker_bench = building("services.bench.worker")
-    model = model_path or config.model_path()
-    if not model.exists():
-        raise click.ClickException(f"no model at {model}: run `make install`")
+    model = served_model(model_path)
     result = worker_bench.bench_worker(n, model, _shared_data(), batch, postgres_admin_url)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -114,9 +119,7 @@ def chaos(n: int, outage_s: float, lease_s: int, sweep_s: int, model_path: Path 
     """Full stack with a worker SIGKILL and a broker outage mid-run (JSON): lost, duplicated,
     messages and re-sends per job."""
     chaos_bench = building("services.bench.chaos")
-    model = model_path or config.model_path()
-    if not model.exists():
-        raise click.ClickException(f"no model at {model}: run `make install`")
+    model = served_model(model_path)
     click.echo(json.dumps(chaos_bench.bench_chaos(n, model, _shared_data(), postgres_admin_url,
                                                   outage_s, lease_s, sweep_s), indent=2))
 

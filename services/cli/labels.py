@@ -33,6 +33,7 @@ def labels() -> None:
 @click.option("--case", "case_ids", multiple=True, help="A case id (repeat; more with add-cases).")
 @click.option("--blind-to-ai", is_flag=True, help="Readers do not see the AI's analysis.")
 def labels_create(name: str, readers: tuple[str, ...], case_ids: tuple[str, ...], blind_to_ai: bool) -> None:
+    """A labelling set: cases that two or more dermatologists label, each blind to the others."""
     from services import labelling
     with _clear_errors():
         click.echo(json.dumps(labelling.create_set(runtime(), None, name, readers, case_ids, blind_to_ai),
@@ -43,6 +44,7 @@ def labels_create(name: str, readers: tuple[str, ...], case_ids: tuple[str, ...]
 @click.option("--set", "ref", required=True, help="The set's name or id.")
 @click.argument("case_ids", nargs=-1, required=True)
 def labels_add_cases(ref: str, case_ids: tuple[str, ...]) -> None:
+    """Add cases to a labelling set."""
     from services import labelling
     with _clear_errors():
         click.echo(json.dumps(labelling.add_cases(runtime(), None, ref, case_ids), indent=2))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from services import config
 from services.config import ANALYSIS_QUEUE, CPU_QUEUE, WORKER_QUEUES, Settings
 from services.errors import DermaTriageError
 from services.vocabulary import Role, values
@@ -98,7 +99,7 @@ def db_downgrade(revision: str) -> None:
 
 @click.group()
 def users() -> None:
-    """Accounts."""
+    """Accounts: create, deactivate, reset a password, end sessions."""
 
 
 def _password(stdin: bool) -> str:
@@ -231,13 +232,13 @@ def health_worker(timeout: float, queues: str) -> None:
 def run(host: str, port: int) -> None:
     """Migrate, create demo accounts, then run web + worker until Ctrl-C."""
     s = settings()
+    if not s.model_path.exists():
+        raise click.ClickException(config.missing_model_message(s.model_path))
     from services import migrate
     migrate.upgrade(s.database_url)
     rt = runtime()
     if s.env != "production":
         ensure_demo_accounts(rt)
-    if not s.model_path.exists():
-        raise click.ClickException(f"no model at {s.model_path}: run `dermatriage model build-demo`")
     exe = [sys.executable, "-m", "services.cli"]
     children = [subprocess.Popen(exe + ["worker", "--concurrency", "4"]),
                 subprocess.Popen(exe + ["web", "--host", host, "--port", str(port)])]
@@ -266,7 +267,7 @@ def run(host: str, port: int) -> None:
 
 @click.group()
 def jobs() -> None:
-    """Analysis jobs (the outbox)."""
+    """Analysis jobs (the outbox): re-send what was lost."""
 
 
 @jobs.command("sweep")
@@ -278,7 +279,7 @@ def jobs_sweep() -> None:
 
 @click.group()
 def audit() -> None:
-    """Explanation records."""
+    """The audit trail: verify, sign, export, the access log."""
 
 
 @audit.command("access")

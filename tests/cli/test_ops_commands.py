@@ -45,3 +45,40 @@ def test_cli_makes_openmp_threads_sleep_unless_the_operator_chose(given, expecte
     code = "import os, services.cli; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_the_installed_model_is_served_whatever_the_data_directory(tmp_path):
+    from services import config
+
+    models = tmp_path / "models"
+    env = {"DERMATRIAGE_DATA_DIR": str(tmp_path / "elsewhere")}
+    assert config.models_dir(env) == config.models_dir({})            # not under the data directory
+    env["DERMATRIAGE_MODELS_DIR"] = str(models)
+    assert config.model_path(env) == models / "demo-bcc.pt"
+    models.mkdir()
+    (models / "real-bcc.pt").write_bytes(b"")
+    assert config.model_path(env) == models / "real-bcc.pt"           # the real model when built
+    assert config.model_path({**env, "DERMATRIAGE_MODEL_PATH": "/m/x.pt"}) == config.Path("/m/x.pt")
+
+
+@pytest.mark.parametrize("chosen, says", [
+    ({}, "DERMATRIAGE_MODELS_DIR"),
+    ({"DERMATRIAGE_MODEL_PATH": "missing.pt"}, "no model at missing.pt (DERMATRIAGE_MODEL_PATH)"),
+])
+def test_run_without_a_model_names_where_it_looked_and_what_chooses_it(tmp_path, chosen, says):
+    env = {"DERMATRIAGE_DATA_DIR": str(tmp_path / "data"), "DERMATRIAGE_MODELS_DIR": str(tmp_path / "none"),
+           **chosen}
+    result = CliRunner().invoke(main, ["run"], env=env)
+    assert result.exit_code == 1 and says in result.output
+    if not chosen:
+        assert str(tmp_path / "none") in result.output and "dermatriage model build" in result.output
+    assert not (tmp_path / "data").exists()                           # nothing set up on the way
+
+
+def test_help_groups_the_commands():
+    out = CliRunner().invoke(main, ["--help"]).output
+    sections = ["Run the product:", "Cases and analysis:", "Models:", "Labelling:", "Audit:", "Accounts:",
+                "Benchmarks:"]
+    assert [out.index(s) for s in sections] == sorted(out.index(s) for s in sections)
+    listed = {line.split()[0] for line in out.split("Run the product:")[1].splitlines() if line.startswith("  ")}
+    assert listed == set(main.commands)                               # every command, once
