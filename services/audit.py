@@ -141,7 +141,7 @@ def verify(session: Session, store: ObjectStore, check_objects: bool = True,
     verified before; stop at the first broken link or object.
 
     Reads plain columns in large keyset batches (no ORM objects), read ahead on PostgreSQL,
-    and hashes bytes directly: a million records take about 20 s here (README)."""
+    and hashes bytes directly: a million records take about 20 s here (docs/benchmarks.md)."""
     last_seq, prev = after
     count = objects = 0
     sha256 = hashlib.sha256

@@ -139,8 +139,8 @@ class Engine:
 
         On the CPU in passes of ``pass_size`` (default ``CPU_PASS``) images: a larger pass's activations
         (and Grad-CAM's gradients) are blocks over glibc's 32 MB mmap limit, fresh pages
-        every pass (services/memory.py). Measured with its settings, 2 cores, real model,
-        2026-12-04, alternating: 16 images as 4 passes of 4 47.9 images/s, as one pass 35.6."""
+        every pass (services/memory.py). `dermatriage bench explain` measures it against one
+        pass (docs/benchmarks.md)."""
         step = self._pass_size(len(x), pass_size)
         if len(x) <= step:
             return self._explain(x)

@@ -1,4 +1,4 @@
-"""The benchmarks run and report what they claim, on small sizes (the figures are in README)."""
+"""The benchmarks run and report what they claim, on small sizes (the figures are in docs/benchmarks.md)."""
 
 import json
 
