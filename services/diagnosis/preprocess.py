@@ -128,6 +128,8 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                 raise ImageDecodeError("too_many_pixels",
                                        f"the image has {img.width * img.height} pixels; "
                                        f"at most {MAX_PIXELS} are accepted")
+            if fmt == "PNG":
+                _verify_png(data)
             if fmt in ("JPEG", "MPO") and max(img.size) > DECODE_SIDE:
                 img.draft("RGB", (DECODE_SIDE, DECODE_SIDE))
             img.load()
@@ -147,6 +149,21 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                                f"each side must be at least {MIN_SIDE} pixels")
     img = ImageOps.exif_transpose(img)
     return to_rgb(img), ALLOWED_FORMATS[fmt]
+
+
+def _verify_png(data: bytes) -> None:
+    """Every chunk's checksum and the end marker: Pillow decodes a PNG whose stream stops
+    after the last pixel row (checksums and IEND cut off), so a file truncated in transit
+    would be analysed as if whole. Reads the chunks without decompressing them."""
+    try:
+        # Pillow's verify checks every chunk's checksum but the end marker's own: look for the
+        # whole IEND chunk (it is always these 12 bytes).
+        if b"\x00\x00\x00\x00IEND\xaeB`\x82" not in data:
+            raise SyntaxError("no IEND chunk")
+        Image.open(io.BytesIO(data)).verify()
+    except Exception as exc:  # Pillow raises SyntaxError, OSError or struct.error here
+        raise ImageDecodeError("corrupt", "the PNG data is truncated or damaged (its checksums or "
+                                          "its end marker are missing): send the file again") from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

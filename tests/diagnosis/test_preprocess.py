@@ -69,6 +69,9 @@ def test_any_mode_becomes_rgb(mode):
     (encode(gradient(), "GIF"), "unsupported_format"),
     (encode(gradient(), "BMP"), "unsupported_format"),
     (encode(gradient(), "JPEG")[:300], "corrupt"),
+    (encode(gradient(), "PNG")[:-1], "corrupt"),      # the end marker's checksum cut off
+    (encode(gradient(), "PNG")[:-12], "corrupt"),     # every pixel there, no end marker
+    (encode(gradient(), "PNG")[:-20], "corrupt"),     # the data stream's own checksums cut
     (encode(gradient(40, 30), "PNG"), "too_small"),
     (png_with_header(20_000, 20_000), "too_many_pixels"),
 ])

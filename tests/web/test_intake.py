@@ -72,6 +72,7 @@ def test_bad_fields_are_named_and_nothing_is_stored(stack, change, field):
     (b"not an image" * 30, "images[1]"),
     (encode(np.zeros((300, 300, 3), np.uint8), "GIF"), "images[1]"),
     (encode(np.zeros((30, 30, 3), np.uint8)), "images[1]"),
+    (encode(np.full((300, 300, 3), 128, np.uint8), "PNG")[:-12], "images[1]"),   # truncated
 ])
 def test_bad_image_is_named_and_nothing_is_stored(stack, payload, field):
     client = stack.app().test_client()
