@@ -95,13 +95,16 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu: the frozen-backbone recipe (the build). cuda: stage 2 on images, every "
                    "block fine-tuned with fresh augmentation at every step (docs/model.md).")
+@click.option("--out-of-source/--no-out-of-source", default=True, show_default=True,
+              help="Also refit the BCC and diagnosis heads with each collection held out and put "
+                   "those figures in the card (one more solve; docs/model.md).")
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
           augmentation: str, invariance: float,
           limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10,
           finetune_from: int = 0, centre: int = 3, lesion: bool = True, device: str = "cpu",
-          if_missing: bool = False, quiet: bool = False) -> None:
+          out_of_source: bool = True, if_missing: bool = False, quiet: bool = False) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
     if 0 < finetune_from < 11:
         # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
@@ -127,7 +130,7 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
                                  folds=folds, loss=loss, solver=solver,
                                  synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                  min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
-                                 centre=centre, lesion=lesion, **gpu)
+                                 centre=centre, lesion=lesion, out_of_source=out_of_source, **gpu)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:
@@ -206,6 +209,9 @@ def _real_summary(result: dict) -> str:
         lines.append(f"{name:10} AUC {t['auc']} {t['ci95']}  ECE {t['ece']}{extra}")
     if "balanced_accuracy" in result:
         lines.append(f"balanced accuracy {result['balanced_accuracy']}")
+    for name, c in result.get("by_collection", {}).items():
+        lines.append(f"{name:14} {c['images']:5} images  " + "  ".join(
+            f"{t} AUC {c[t]['auc']} {c[t]['ci95']}" for t in ("BCC", "melanoma", "malignant") if t in c))
     lines.append(f"map mass on the lesion: {result['lesion_share']}")
     return "\n".join(lines)
 

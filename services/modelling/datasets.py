@@ -6,13 +6,15 @@ where experts gave them (Derm7pt: PN = pigment network present, AT = arborizing 
 Missing labels are ``None`` and are left out of every loss and metric.
 
 Layouts (``load_dataset`` tells them apart by their CSV file):
-- HAM10000: ``metadata.csv`` (lesion_id, image_id, dx, ...) and ``images/<image_id>.jpg``.
+- HAM10000: ``metadata.csv`` (lesion_id, image_id, dx, ...) and ``images/<image_id>.jpg``;
+  ``sources.csv`` (image_id, source), where present, names each image's collection.
 - Derm7pt: ``meta.csv`` (diagnosis, pigment_network, vascular_structures, derm, ...) and
   ``images/<derm>``.
 - Plain: ``labels.csv`` with a column ``image`` (path under the folder) and any of ``dx``
   (nv mel bcc akiec bkl df vasc), ``bcc`` (0/1), any of the seven patterns ``PN UL BO MG ML
   SW AT`` (0/1), ``group`` (images of one lesion share a group, so they never straddle a
-  cross-validation split). ``dermatriage labels export`` writes this layout.
+  cross-validation split), ``source`` (the collection, e.g. the clinic; default the folder's
+  name). ``dermatriage labels export`` writes this layout.
 """
 
 from __future__ import annotations
@@ -58,16 +60,23 @@ class Sample:
     MG: int | None = None
     ML: int | None = None
     SW: int | None = None
+    # The collection the image comes from (HAM10000's four sources, derm7pt, or a labels.csv
+    # ``source`` column): held out whole to stand in for a clinic the model never saw.
+    collection: str = ""
 
 
 def load_ham10000(folder: Path) -> list[Sample]:
+    # sources.csv (image_id, source) names each image's collection where the copy has it.
+    sources = ({row["image_id"]: row["source"].strip() for row in csv.DictReader(open(folder / "sources.csv"))}
+               if (folder / "sources.csv").is_file() else {})
     out = []
     for row in csv.DictReader(open(folder / "metadata.csv")):
         dx = row["dx"].strip()
         if dx not in DIAGNOSES:
             raise ValidationError(f"{folder}: unknown diagnosis {dx!r} for {row['image_id']}", "dx")
         out.append(Sample(folder / "images" / f"{row['image_id']}.jpg", "ham:" + row["lesion_id"],
-                          "ham10000", dx, int(dx == "bcc")))
+                          "ham10000", dx, int(dx == "bcc"),
+                          collection=sources.get(row["image_id"], "ham10000")))
     return out
 
 
@@ -79,7 +88,7 @@ def load_derm7pt(folder: Path) -> list[Sample]:
         out.append(Sample(folder / "images" / row["derm"], "derm7pt:" + row["derm"], "derm7pt", dx,
                           int(diagnosis == "basal cell carcinoma"),
                           PN=int(row["pigment_network"].strip() != "absent"),
-                          AT=int(row["vascular_structures"].strip() == "arborizing")))
+                          AT=int(row["vascular_structures"].strip() == "arborizing"), collection="derm7pt"))
     return out
 
 
@@ -106,7 +115,8 @@ def load_labels_csv(folder: Path) -> list[Sample]:
         bcc = _flag(row.get("bcc", ""), "bcc", image)
         out.append(Sample(folder / image, "csv:" + ((row.get("group") or "").strip() or image), "csv", dx,
                           bcc if bcc is not None else (None if dx is None else int(dx == "bcc")),
-                          **{code: _flag(row.get(code, ""), code, image) for code in ALL_PATTERNS}))
+                          **{code: _flag(row.get(code, ""), code, image) for code in ALL_PATTERNS},
+                          collection=(row.get("source") or "").strip() or folder.name))
     return out
 
 

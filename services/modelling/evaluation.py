@@ -142,6 +142,10 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
         decision = prob / np.maximum([prior[c] for c in classes], 1e-6) if prior else prob
         out["balanced_accuracy"] = round(balanced_accuracy(truth, decision.argmax(1), len(classes)), 4)
         out["diagnosis_classes_present"] = sorted({classes[k] for k in set(truth.tolist())})
+    collections = sorted({s.collection for s, _ in rows if s.collection})
+    if len(collections) > 1:
+        out["by_collection"] = {c: by_collection([(s, r) for s, r in rows if s.collection == c], card, seed)
+                                for c in collections}
     # Share of each validated target's map mass on the lesion (mean over images).
     shares: dict[str, list[float]] = {"BCC": [], "PN": [], "AT": []}
     for _, r in rows:
@@ -153,6 +157,25 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
                                   for m in sorted({r.lesion_mask_method for _, r in rows})}
     if plots_dir is not None:
         out["plots"] = write_plots(curves, out["targets"], plots_dir)
+    return out
+
+
+def by_collection(rows, card, seed: int) -> dict:
+    """One collection's AUCs (BCC, melanoma, malignant) where it holds both classes: the
+    figures that say whether a model travels (``labels.csv``'s ``source`` column, HAM10000's
+    sources.csv)."""
+    from ..diagnosis.metrics import auc_with_ci
+    out: dict = {"images": len(rows)}
+    bcc = [(s.bcc, r.bcc_probability) for s, r in rows if s.bcc is not None]
+    if bcc and 0 < sum(t for t, _ in bcc) < len(bcc):
+        out["BCC"] = auc_with_ci(np.array([t for t, _ in bcc]), np.array([p for _, p in bcc]), seed=seed)
+    with_dx = [(s, r) for s, r in rows if s.dx and r.diagnosis_probabilities]
+    if with_dx and card.diagnoses:
+        for name, classes in (("melanoma", ("mel",)), ("malignant", ("mel", "bcc", "akiec"))):
+            truth = np.array([s.dx in classes for s, _ in with_dx])
+            if 0 < truth.sum() < len(truth):
+                prob = np.array([sum(r.diagnosis_probabilities[c] for c in classes) for _, r in with_dx])
+                out[name] = auc_with_ci(truth, prob, seed=seed)
     return out
 
 

@@ -87,6 +87,9 @@ class RealTrainConfig:
     # product's own reviewed cases: their pattern labels train and validate those heads.
     extra_datasets: tuple[str, ...] = ()
     min_pattern_labels: int = 10     # real positives and negatives a pattern needs to be validated
+    # Leave-one-collection-out figures in the card (``out_of_source``): one more solve of the
+    # BCC and diagnosis read-outs on the cached features.
+    out_of_source: bool = True
 
     def architecture(self) -> Architecture:
         return replace(IMAGENET_ARCH, diagnoses=DIAGNOSES, taps=self.taps, squares=True,

@@ -33,6 +33,7 @@ from .datasets import DIAGNOSES, Labels, Sample, load_dataset, shared_samples
 from .features import cache_key, extract, load_cached, save_cached
 from .image_finetune import out_of_fold_images
 from .imagenet import SHARED_FILE, read_tflite
+from .out_of_source import validate as out_of_source
 from .recipe import INTENDED_USE, MODEL_NAME, MODEL_VERSION, NOT_VALIDATED, VALIDATED, RealTrainConfig
 from .validation import assess, grouped_folds, out_of_fold
 
@@ -74,16 +75,30 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
                                        lambda k: bar.update(k) if bar.n < total else None)
     heads_seconds = time.perf_counter() - t0
     result = assess(oof_t, oof_d, labels, cfg)
+    t0 = time.perf_counter()
+    elsewhere = None
+    if cfg.out_of_source and len({s.collection for s in samples}) > 1:
+        with tqdm(total=cfg.max_iter, desc="heads with each collection held out (one L-BFGS solve)",
+                  unit="eval", disable=not progress) as bar:
+            elsewhere = out_of_source(model, feats.real, samples, labels, cfg, result,
+                                      lambda k: bar.update(k) if bar.n < cfg.max_iter else None)
     elapsed = time.perf_counter() - started
     card = make_card(cfg, samples, labels.labelled, result, {"feature_extraction_s": round(feats.seconds, 1),
                                             "heads_s": round(heads_seconds, 1),  # the folds and the final fit
+                                            "out_of_source_s": round(time.perf_counter() - t0, 1),
                                             "total_s": round(elapsed, 1)})
+    if elsewhere is not None:
+        card.metrics["out_of_source"] = elsewhere
     artifact.save(model, card, Path(out))
     f = result["figures"]
     patterns = "".join(f", {c} {f[c]['auc']}" for c in labels.labelled)
     log(f"real model written to {out} in {elapsed:.0f} s; out-of-fold AUC: BCC {f['BCC']['auc']}, "
         f"melanoma {f['diagnoses']['mel']['auc']}{patterns}; "
         f"balanced accuracy (7) {f['balanced_accuracy_7']}")
+    if elsewhere is not None:
+        worst = elsewhere["plan_with"]
+        log("lowest with a collection held out: " + ", ".join(
+            f"{t} {v['auc'] if 'auc' in v else v['value']} ({v['collection']})" for t, v in worst.items()))
     return card
 
 

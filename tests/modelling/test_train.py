@@ -332,3 +332,39 @@ def test_train_on_cuda_says_when_there_is_no_gpu(tmp_path):
     result = CliRunner().invoke(main, ["model", "train", "--device", "cuda", "--out", str(tmp_path / "m.pt")])
     assert result.exit_code == 1 and "no CUDA device" in result.output
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_card_carries_the_figures_with_each_collection_held_out_and_the_weights_do_not_depend_on_them(
+        tiny_model, tmp_path):
+    path, card = tiny_model
+    oos = card.metrics["out_of_source"]
+    from services.modelling.datasets import shared_samples
+    held = {s.collection for s in shared_samples(TINY["limit"])}
+    assert set(oos["collections"]) == held and len(held) >= 3 and "derm7pt" in held
+    for name, figures in oos["collections"].items():
+        assert figures["images"] > 0 and figures["training_images"] > 0
+    without = train.build_real(tmp_path / "alone.pt", recipe.RealTrainConfig(**{**TINY, "out_of_source": False}),
+                               progress=False, log=lambda *_: None)
+    assert "out_of_source" not in without.metrics
+    assert without.weights_sha256 == card.weights_sha256
+
+
+def test_evaluate_reports_each_collection_of_a_folder_with_a_source_column(tiny_model, tmp_path):
+    import csv
+
+    path, _ = tiny_model
+    ham = config.shared_data_dir() / "ham10000-224"
+    rows = list(csv.DictReader(open(ham / "metadata.csv")))
+    picked = [r for r in rows if r["dx"] == "mel"][:8] + [r for r in rows if r["dx"] == "nv"][:8]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "dx", "group", "source"])
+        for i, r in enumerate(picked):      # the images are read where they are, not copied
+            w.writerow([ham / "images" / f"{r['image_id']}.jpg", r["dx"], r["lesion_id"], "clinic-a" if i % 2 else "clinic-b"])
+    result = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(tmp_path),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out["by_collection"]) == {"clinic-a", "clinic-b"}
+    for figures in out["by_collection"].values():
+        assert figures["images"] == 8 and 0 <= figures["melanoma"]["auc"] <= 1
