@@ -17,6 +17,7 @@ from .features import Features
 from .readouts import class_weights, fit_heads_exact, last_linear, pos_weight, readout_loss, train_heads
 from .recipe import RealTrainConfig
 
+
 def fit_model(model: BCCPatternNet, feats: Features, rows: torch.Tensor | None, labels: Labels,
               cfg: RealTrainConfig, seed: int) -> None:
     """The seed's three stages on the training rows (``rows``; None: every image): heads on

@@ -25,6 +25,7 @@ from .datasets import Sample
 from .recipe import RealTrainConfig
 from .views import load_image, view_of
 
+
 @dataclass
 class Features:
     """Cached pooled maps: (views, N, C) for the real images, (M, C) for synthetic ones."""
@@ -106,8 +107,8 @@ def cache_key(samples: list[Sample], cfg: RealTrainConfig) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update(f"{s.path}|{s.path.stat().st_size}\n".encode())
-    h.update(repr((cfg.seed, cfg.views, cfg.augmentation, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion, cfg.finetune_from,
-                   PREPROCESSING_VERSION)).encode())
+    h.update(repr((cfg.seed, cfg.views, cfg.augmentation, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion,
+                   cfg.finetune_from, PREPROCESSING_VERSION)).encode())
     return h.hexdigest()
 
 

@@ -168,7 +168,7 @@ def out_of_fold_images(model: BCCPatternNet, samples: list[Sample], feats: Featu
         model.features.load_state_dict(imagenet)     # every fold starts from ImageNet
         readout.install(model)
         finetune_images(model, images, np.flatnonzero(rows.numpy()), labels.dx, labels.bcc, cfg,
-                               device, cfg.seed + 101 * (k + 1), progress)
+                        device, cfg.seed + 101 * (k + 1), progress)
         tuned = pooled_views(model, images, cfg, device)
         synthetic = feats.synthetic if drawn is None else pooled_of(model, drawn, device)
         model.cpu()

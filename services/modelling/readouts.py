@@ -24,6 +24,7 @@ from ..diagnosis.patterns import PATTERNS
 from .datasets import DIAGNOSES, Labels
 from .recipe import RealTrainConfig
 
+
 def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     counts = torch.bincount(labels[labels >= 0], minlength=classes).float().clamp_min(1)
     w = counts.sum() / (classes * counts)
@@ -58,13 +59,13 @@ def train_heads(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synthetic
         _train_heads_adamw(model, x, labels, synthetic, synthetic_patterns, cfg, seed)
     else:
         fit_heads_exact(model, x, labels, synthetic, synthetic_patterns, cfg, max_iter=max_iter,
-                         patterns=patterns)
+                        patterns=patterns)
     model.eval()
 
 
 def fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synthetic: torch.Tensor,
-                     synthetic_patterns: np.ndarray, cfg: RealTrainConfig, readouts: bool = True,
-                     patterns: bool = True, max_iter: int | None = None) -> None:
+                    synthetic_patterns: np.ndarray, cfg: RealTrainConfig, readouts: bool = True,
+                    patterns: bool = True, max_iter: int | None = None) -> None:
     """Each head is its own L2-regularised logistic (softmax for the diagnoses) fitted to
     convergence with L-BFGS on the whole training set. Why not the seed's AdamW: a shared
     minibatch loop serves the 687 Derm7pt rows (PN, AT) a few times per epoch among 13,000
@@ -252,7 +253,7 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
 
 
 def _train_heads_adamw(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synthetic: torch.Tensor,
-                synthetic_patterns: np.ndarray, cfg: RealTrainConfig, seed: int) -> None:
+                       synthetic_patterns: np.ndarray, cfg: RealTrainConfig, seed: int) -> None:
     """The seed's stages 1 and 3 (heads at ``lr``, then at ``low_lr``) with AdamW and dropout."""
     views, n, c = x.shape
     flat = x.reshape(views * n, c)

@@ -37,6 +37,7 @@ from .out_of_source import validate as out_of_source
 from .recipe import INTENDED_USE, MODEL_NAME, MODEL_VERSION, NOT_VALIDATED, VALIDATED, RealTrainConfig
 from .validation import assess, grouped_folds, out_of_fold
 
+
 def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bool = True,
                log=print) -> artifact.ModelCard:
     from tqdm import tqdm
@@ -83,10 +84,11 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
             elsewhere = out_of_source(model, feats.real, samples, labels, cfg, result,
                                       lambda k: bar.update(k) if bar.n < cfg.max_iter else None)
     elapsed = time.perf_counter() - started
-    card = make_card(cfg, samples, labels.labelled, result, {"feature_extraction_s": round(feats.seconds, 1),
-                                            "heads_s": round(heads_seconds, 1),  # the folds and the final fit
-                                            "out_of_source_s": round(time.perf_counter() - t0, 1),
-                                            "total_s": round(elapsed, 1)})
+    timings = {"feature_extraction_s": round(feats.seconds, 1),
+               "heads_s": round(heads_seconds, 1),  # the folds and the final fit
+               "out_of_source_s": round(time.perf_counter() - t0, 1),
+               "total_s": round(elapsed, 1)}
+    card = make_card(cfg, samples, labels.labelled, result, timings)
     if elsewhere is not None:
         card.metrics["out_of_source"] = elsewhere
     artifact.save(model, card, Path(out))

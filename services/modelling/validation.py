@@ -25,6 +25,7 @@ from .features import Features
 from .readouts import fit_heads_exact, fit_readouts, head_logits
 from .recipe import RealTrainConfig
 
+
 def grouped_folds(samples: list[Sample], k: int, seed: int) -> np.ndarray:
     """Fold of each sample: whole groups (lesions) per fold, each diagnosis spread evenly."""
     rng = np.random.default_rng(seed)
@@ -114,7 +115,7 @@ def out_of_fold(model: BCCPatternNet, feats: Features, labels: Labels, folds: np
         readout.install(model)
         fit_rows = rows & patterned
         fit_heads_exact(model, feats.real[:, fit_rows], labels.subset(fit_rows), feats.synthetic,
-                         feats.synthetic_patterns, cfg, readouts=False)
+                        feats.synthetic_patterns, cfg, readouts=False)
         if rows is not sets[-1]:
             test = ~rows
             targets[test.numpy()], diagnoses[test.numpy()] = head_logits(model, feats.real[0, test])

@@ -17,6 +17,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from ..diagnosis.preprocess import decode, resize_and_crop
 
+
 if TYPE_CHECKING:
     from .recipe import RealTrainConfig
 

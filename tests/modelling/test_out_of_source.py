@@ -47,7 +47,8 @@ def test_figures_use_the_served_calibration_and_need_enough_of_each_class():
     assert out["melanoma"]["auc"] == 1.0 and out["melanoma"]["sensitivity"] == 1.0
     assert out["malignant"]["auc"] == 1.0 and out["malignant"]["positives"] == 35
     assert out["balanced_accuracy"] == 1.0 and out["balanced_accuracy_classes"] == ["nv", "mel"]
-    worse = {**result, "calibration": {**result["calibration"], "diagnosis": {"scale": 1.0, "bias": [0, -9, 0, 0, 0, 0, 0]}}}
+    no_melanoma = {"scale": 1.0, "bias": [0, -9, 0, 0, 0, 0, 0]}      # a calibration that shrinks it
+    worse = {**result, "calibration": {**result["calibration"], "diagnosis": no_melanoma}}
     shifted = out_of_source.figures(target_logits, diagnosis_logits, labels, prior, worse, seed=0)
     assert shifted["melanoma"]["auc"] == 1.0 and shifted["melanoma"]["sensitivity"] < 0.5   # threshold, not ranking
 
