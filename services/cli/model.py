@@ -95,6 +95,9 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu: the frozen-backbone recipe (the build). cuda: stage 2 on images, every "
                    "block fine-tuned with fresh augmentation at every step (docs/model.md).")
+@click.option("--ham-aspect", type=click.FloatRange(0.25, 4), default=None,
+              help="Stretch HAM10000's squashed copies back to this width/height (4:3 = 1.3333) before "
+                   "the engine's centre crop (an experiment: docs/experiments.md).")
 @click.option("--out-of-source/--no-out-of-source", default=True, show_default=True,
               help="Also refit the BCC and diagnosis heads with each collection held out and put "
                    "those figures in the card (one more solve; docs/model.md).")
@@ -104,7 +107,8 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
           augmentation: str, invariance: float,
           limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10,
           finetune_from: int = 0, centre: int = 3, lesion: bool = True, device: str = "cpu",
-          out_of_source: bool = True, if_missing: bool = False, quiet: bool = False) -> None:
+          out_of_source: bool = True, ham_aspect: float | None = None, if_missing: bool = False,
+          quiet: bool = False) -> None:
     """Train the real-image model on ../shared/data (HAM10000, Derm7pt) from ImageNet weights."""
     if 0 < finetune_from < 11:
         # Earlier blocks' activations are 4-16x larger: gigabytes of cache on this data.
@@ -130,7 +134,8 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
                                  folds=folds, loss=loss, solver=solver,
                                  synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                  min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,
-                                 centre=centre, lesion=lesion, out_of_source=out_of_source, **gpu)
+                                 centre=centre, lesion=lesion, out_of_source=out_of_source,
+                                 ham_aspect=ham_aspect, **gpu)
     try:
         trainer.build_real(out, cfg, progress=not quiet, log=click.echo)
     except DermaTriageError as exc:

@@ -23,7 +23,7 @@ from ..diagnosis.patterns import PATTERNS
 from ..diagnosis.preprocess import PREPROCESSING_VERSION, to_unit
 from .datasets import Sample
 from .recipe import RealTrainConfig
-from .views import load_image, view_of
+from .views import aspect_of, load_image, view_of
 
 
 @dataclass
@@ -77,7 +77,7 @@ def extract(model: BCCPatternNet, samples: list[Sample], cfg: RealTrainConfig,
     for view in range(cfg.views):
         out, batch = [], []
         for i, s in enumerate(samples):
-            batch.append(np.asarray(view_of(load_image(s.path, size), i, view, cfg), dtype=np.uint8))
+            batch.append(np.asarray(view_of(load_image(s.path, size, aspect_of(s, cfg)), i, view, cfg), dtype=np.uint8))
             if len(batch) == cfg.extract_batch or i == len(samples) - 1:
                 out.append(pooled(batch))
                 progress(len(batch))
@@ -108,7 +108,7 @@ def cache_key(samples: list[Sample], cfg: RealTrainConfig) -> str:
     for s in samples:
         h.update(f"{s.path}|{s.path.stat().st_size}\n".encode())
     h.update(repr((cfg.seed, cfg.views, cfg.augmentation, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion,
-                   cfg.finetune_from, PREPROCESSING_VERSION)).encode())
+                   cfg.finetune_from, PREPROCESSING_VERSION) + ((cfg.ham_aspect,) if cfg.ham_aspect else ())).encode())
     return h.hexdigest()
 
 

@@ -38,13 +38,13 @@ from .features import Features
 from .readouts import (class_weights, fit_readouts, head_logits, last_linear, pos_weight, readout_loss,
                        train_heads)
 from .recipe import RealTrainConfig
-from .views import augment, load_image, view_of
+from .views import aspect_of, augment, load_image, view_of
 
 
-def decode_all(samples: list[Sample], size: int) -> np.ndarray:
+def decode_all(samples: list[Sample], size: int, cfg: RealTrainConfig) -> np.ndarray:
     """Every image once, resized and cropped as served: (N, S, S, 3) uint8 (about 1 GB for
     the shared data at 224 px), so that epochs only augment."""
-    return np.stack([np.asarray(load_image(s.path, size), dtype=np.uint8) for s in samples])
+    return np.stack([np.asarray(load_image(s.path, size, aspect_of(s, cfg)), dtype=np.uint8) for s in samples])
 
 
 class AugmentedImages(torch.utils.data.Dataset):
@@ -155,7 +155,7 @@ def out_of_fold_images(model: BCCPatternNet, samples: list[Sample], feats: Featu
     device = torch.device(cfg.device)
     deterministic_cuda(device)
     size = model.arch.input_size
-    images = decode_all(samples, size)
+    images = decode_all(samples, size, cfg)
     drawn = np.asarray(generate(cfg.synthetic, cfg.seed + 7, size).images) if cfg.synthetic else None
     n = len(samples)
     targets = np.zeros((n, 1 + len(PATTERNS)), np.float32)

@@ -90,6 +90,10 @@ class RealTrainConfig:
     # Leave-one-collection-out figures in the card (``out_of_source``): one more solve of the
     # BCC and diagnosis read-outs on the cached features.
     out_of_source: bool = True
+    # HAM10000's shared copies were squashed from 600 x 450 to squares; the engine crops the
+    # centre square of a photo. An aspect (4/3) stretches them back before the same crop, so
+    # training sees lesions as served (None: as the copies are).
+    ham_aspect: float | None = None
 
     def architecture(self) -> Architecture:
         return replace(IMAGENET_ARCH, diagnoses=DIAGNOSES, taps=self.taps, squares=True,

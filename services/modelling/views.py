@@ -79,6 +79,16 @@ def _perspective_coeffs(target: np.ndarray, source: np.ndarray) -> tuple:
     return tuple(float(c) for c in coeffs)
 
 
-def load_image(path: Path, size: int) -> Image.Image:
+def load_image(path: Path, size: int, aspect: float | None = None) -> Image.Image:
+    """The image as the engine would crop it; ``aspect`` (width / height) first stretches a copy
+    that was squashed to a square back to the shape it was photographed in (HAM10000's copies:
+    600 x 450 squashed to 224 x 224), so the crop sees the lesion as a GP's photo shows it."""
     img, _ = decode(path.read_bytes())
+    if aspect:
+        img = img.resize((round(img.height * aspect), img.height), Image.Resampling.BICUBIC)
     return resize_and_crop(img, size)[0]
+
+
+def aspect_of(sample, cfg: "RealTrainConfig") -> float | None:
+    """The photographed aspect of a sample's image where its copy was squashed."""
+    return cfg.ham_aspect if sample.source == "ham10000" else None

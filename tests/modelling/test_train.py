@@ -368,3 +368,25 @@ def test_evaluate_reports_each_collection_of_a_folder_with_a_source_column(tiny_
     assert set(out["by_collection"]) == {"clinic-a", "clinic-b"}
     for figures in out["by_collection"].values():
         assert figures["images"] == 8 and 0 <= figures["melanoma"]["auc"] <= 1
+
+
+def test_a_squashed_copy_stretched_back_is_cropped_as_the_engine_crops_the_photo(tmp_path):
+    from PIL import Image
+
+    from services.diagnosis.preprocess import prepare
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))
+    photo = coarse.resize((120, 90), Image.Resampling.BICUBIC)     # a smooth 4:3 "photograph"
+    squashed = photo.resize((90, 90), Image.Resampling.BICUBIC)    # how the shared copies were made
+    squashed.save(tmp_path / "s.png")
+    served = prepare(open(tmp_path / "s.png", "rb").read(), 64).rgb
+    stretched = np.asarray(views.load_image(tmp_path / "s.png", 64, 4 / 3), dtype=float)
+    as_photo = prepare(_png(photo), 64).rgb.astype(float)
+    assert np.abs(stretched - as_photo).mean() < np.abs(served.astype(float) - as_photo).mean() / 2
+
+
+def _png(img) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
