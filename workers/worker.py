@@ -11,12 +11,14 @@ once the worker is ready, in workers that consume the cpu queue: a GPU worker st
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from services import analysis
 from services.config import ANALYSIS_QUEUE, CPU_QUEUE
+from services.errors import DermaTriageError
 from services.memory import retain_freed_memory
 from services.runtime import build
 
@@ -41,13 +43,35 @@ def _retain_freed_memory(**_):
     retain_freed_memory()
 
 
+# Exit status of a worker started for the analysis queue alone that has no valid model.
+EXIT_NO_MODEL = 3
+
+
 @worker_init.connect
 def _load_model(**_):
-    if consumes(ANALYSIS_QUEUE):
-        try:
-            analysis.load_analyser(runtime)
-        except Exception:  # the first task tries again and fails its job visibly
-            log.exception("could not load the model at start")
+    """Load the model before any message; without a valid one, take no analysis job at all.
+
+    A worker that took jobs it cannot analyse failed every one of them, and again at every
+    re-send (thousands of failures, the log growing by megabytes a minute). So it says why,
+    once, and stops consuming the analysis queue: it keeps its other queues, and a worker
+    started for the analysis queue alone exits, so its supervisor shows it down."""
+    if not consumes(ANALYSIS_QUEUE):
+        return
+    try:
+        analysis.load_analyser(runtime)
+        return
+    except DermaTriageError as exc:
+        reason = exc.message
+    except Exception as exc:  # a model file torch cannot read, a device that is gone
+        reason = f"{type(exc).__name__}: {exc}"
+    others = sorted(q for q in celery.amqp.queues.consume_from if q != ANALYSIS_QUEUE)
+    log.error("this worker takes no analysis jobs: no valid model at %s (%s); check it with "
+              "`dermatriage model card` and restart the worker%s", runtime.settings.model_path, reason,
+              f" (it goes on with the {', '.join(others)} queue)" if others else "")
+    if not others:
+        logging.shutdown()
+        os._exit(EXIT_NO_MODEL)
+    celery.amqp.queues.deselect(ANALYSIS_QUEUE)
 
 
 @worker_ready.connect

@@ -2,6 +2,7 @@
 
 import io
 import signal
+import time
 
 from sqlalchemy import func, select
 
@@ -96,3 +97,32 @@ def test_embedded_worker_survives_an_unreadable_message(embedded_stack, ham_jpeg
         stop(worker)
     assert_analysed_exactly_once(rt, case_id, 1)
     assert "dropped an unreadable message" in (tmp_path / "w.log").read_text()
+
+
+def test_a_worker_without_a_valid_model_takes_no_analysis_job_and_says_why_once(embedded_stack, ham_jpegs,
+                                                                                 tmp_path):
+    """Before, such a worker received every job and failed it, again at every re-send."""
+    rt = embedded_stack.runtime()
+    missing = tmp_path / "no-such-model.pt"
+    alone = embedded_stack.start_worker(tmp_path / "alone.log", queues="analysis",
+                                        DERMATRIAGE_MODEL_PATH=str(missing))
+    try:
+        wait_until(lambda: alone.poll() is not None, timeout=60, what="the analysis-only worker to exit")
+    finally:
+        stop(alone)
+    assert alone.returncode == 3                                  # its supervisor sees it down
+    mixed = embedded_stack.start_worker(tmp_path / "mixed.log", DERMATRIAGE_MODEL_PATH=str(missing))
+    try:
+        wait_until(lambda: "takes no analysis jobs" in (tmp_path / "mixed.log").read_text(), timeout=60,
+                   what="the worker to say why")
+        case_id = submit(embedded_stack, ham_jpegs[:1])
+        wait_until(lambda: job_of(rt, case_id).status == "queued", timeout=30, what="the job to be sent")
+        time.sleep(5)                                             # several polls of the queue
+        job = job_of(rt, case_id)
+        assert job.status == "queued" and job.deliveries == 0 and job.attempts == 0
+        assert mixed.poll() is None                               # it goes on with the cpu queue
+    finally:
+        stop(mixed)
+    for log in ("alone.log", "mixed.log"):
+        text = (tmp_path / log).read_text()
+        assert text.count("takes no analysis jobs") == 1 and str(missing) in text
