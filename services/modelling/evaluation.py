@@ -165,13 +165,14 @@ def by_collection(rows, card, seed: int) -> dict:
     figures that say whether a model travels (``labels.csv``'s ``source`` column, HAM10000's
     sources.csv)."""
     from ..diagnosis.metrics import auc_with_ci
+    from ..risk import MALIGNANT
     out: dict = {"images": len(rows)}
     bcc = [(s.bcc, r.bcc_probability) for s, r in rows if s.bcc is not None]
     if bcc and 0 < sum(t for t, _ in bcc) < len(bcc):
         out["BCC"] = auc_with_ci(np.array([t for t, _ in bcc]), np.array([p for _, p in bcc]), seed=seed)
     with_dx = [(s, r) for s, r in rows if s.dx and r.diagnosis_probabilities]
     if with_dx and card.diagnoses:
-        for name, classes in (("melanoma", ("mel",)), ("malignant", ("mel", "bcc", "akiec"))):
+        for name, classes in (("melanoma", ("mel",)), ("malignant", MALIGNANT)):
             truth = np.array([s.dx in classes for s, _ in with_dx])
             if 0 < truth.sum() < len(truth):
                 prob = np.array([sum(r.diagnosis_probabilities[c] for c in classes) for _, r in with_dx])

@@ -108,7 +108,7 @@ def cache_key(samples: list[Sample], cfg: RealTrainConfig) -> str:
     for s in samples:
         h.update(f"{s.path}|{s.path.stat().st_size}\n".encode())
     h.update(repr((cfg.seed, cfg.views, cfg.augmentation, cfg.synthetic, cfg.taps, cfg.centre, cfg.lesion,
-                   cfg.finetune_from, PREPROCESSING_VERSION) + ((cfg.ham_aspect,) if cfg.ham_aspect else ())).encode())
+                   cfg.finetune_from, cfg.ham_aspect, PREPROCESSING_VERSION)).encode())
     return h.hexdigest()
 
 

@@ -23,12 +23,12 @@ import torch
 
 from ..diagnosis.metrics import auc_with_ci, sensitivity_specificity
 from ..diagnosis.network import BCCPatternNet
+from ..risk import MALIGNANT             # the classes the referral risk counts as malignant
 from .datasets import DIAGNOSES, Labels, Sample
 from .readouts import fit_readouts, head_logits
 from .recipe import RealTrainConfig
 from .validation import calibrated
 
-MALIGNANT = ("mel", "bcc", "akiec")     # SCIENCE.md's malignant and premalignant classes
 MIN_CLASS = 10                           # images of each class a figure needs to be reported
 
 

@@ -73,7 +73,7 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
                               "eval") if one_solve(cfg, feats) else (f"{cfg.folds}-fold heads", cfg.folds, "fold"))
         with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
             oof_t, oof_d = out_of_fold(model, feats, labels, folds, cfg,
-                                       lambda k: bar.update(k) if bar.n < total else None)
+                                       _capped(bar, total))
     heads_seconds = time.perf_counter() - t0
     result = assess(oof_t, oof_d, labels, cfg)
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
         with tqdm(total=cfg.max_iter, desc="heads with each collection held out (one L-BFGS solve)",
                   unit="eval", disable=not progress) as bar:
             elsewhere = out_of_source(model, feats.real, samples, labels, cfg, result,
-                                      lambda k: bar.update(k) if bar.n < cfg.max_iter else None)
+                                      _capped(bar, cfg.max_iter))
     elapsed = time.perf_counter() - started
     timings = {"feature_extraction_s": round(feats.seconds, 1),
                "heads_s": round(heads_seconds, 1),  # the folds and the final fit
@@ -102,6 +102,11 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
         log("lowest with a collection held out: " + ", ".join(
             f"{t} {v['auc'] if 'auc' in v else v['value']} ({v['collection']})" for t, v in worst.items()))
     return card
+
+
+def _capped(bar, total: int):
+    """A progress callback for an L-BFGS solve, whose evaluations can exceed its iterations."""
+    return lambda k: bar.update(k) if bar.n < total else None
 
 
 def make_card(cfg: RealTrainConfig, samples: list[Sample], labelled: tuple[str, ...], result: dict,

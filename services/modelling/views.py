@@ -17,7 +17,6 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from ..diagnosis.preprocess import decode, resize_and_crop
 
-
 if TYPE_CHECKING:
     from .recipe import RealTrainConfig
 

@@ -360,7 +360,8 @@ def test_evaluate_reports_each_collection_of_a_folder_with_a_source_column(tiny_
         w = csv.writer(f)
         w.writerow(["image", "dx", "group", "source"])
         for i, r in enumerate(picked):      # the images are read where they are, not copied
-            w.writerow([ham / "images" / f"{r['image_id']}.jpg", r["dx"], r["lesion_id"], "clinic-a" if i % 2 else "clinic-b"])
+            source = "clinic-a" if i % 2 else "clinic-b"
+            w.writerow([ham / "images" / f"{r['image_id']}.jpg", r["dx"], r["lesion_id"], source])
     result = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(tmp_path),
                                        "--json"])
     assert result.exit_code == 0, result.output
