@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from . import images as image_io
+from . import intake
 from . import jobs, params, permissions
 from .case_access import delete_quietly, fetch_object, mark_answer_seen, readable_case
 from .errors import NotFound, Unavailable, ValidationError
@@ -97,8 +97,8 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
             raise ValidationError(f"image kind must be one of {', '.join(values(ImageKind))}",
                                   f"images[{i}]")
         try:
-            cleaned.append(image_io.clean(up.data))
-        except image_io.ImageDecodeError as exc:
+            cleaned.append(intake.clean(up.data))
+        except intake.ImageDecodeError as exc:
             raise ValidationError(f"{up.filename or 'image'}: {exc.message}", f"images[{i}]") from exc
     if not any(u.kind == ImageKind.DERMOSCOPIC for u in uploads):
         raise ValidationError("at least one dermoscopic image is required", "images")
@@ -144,11 +144,9 @@ MAX_CASE_DECODED_MB = 256
 
 
 def _within_decode_budget(uploads: list[Upload]) -> None:
-    from .diagnosis.preprocess import decode_cost
-
     pixels = decoded = 0
     for up in uploads:
-        p, b = decode_cost(up.data)
+        p, b = intake.decode_cost(up.data)
         pixels, decoded = pixels + p, decoded + b
     if pixels > MAX_CASE_MEGAPIXELS * 1_000_000 or decoded > MAX_CASE_DECODED_MB * 1_000_000:
         raise ValidationError(

@@ -7,7 +7,8 @@ evaluation) lives in ``services/modelling``, benchmarks in ``services/bench``.
 
 from .engine import AnalysisResult, Engine, TargetMap
 from .patterns import PATTERNS, TARGETS
-from .preprocess import PREPROCESSING_VERSION, ImageDecodeError
+from ..intake import ImageDecodeError
+from .preprocess import PREPROCESSING_VERSION
 
 __all__ = ["AnalysisResult", "Engine", "ImageDecodeError", "PATTERNS", "PREPROCESSING_VERSION",
            "TARGETS", "TargetMap"]

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ..diagnosis.preprocess import decode, resize_and_crop
+from ..diagnosis.preprocess import resize_and_crop
+from ..intake import decode
 
 if TYPE_CHECKING:
     from .recipe import RealTrainConfig

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from services.diagnosis.preprocess import (PREPROCESSING_VERSION, ImageDecodeError,
-                                           measure_quality, prepare)
+from services.diagnosis.preprocess import PREPROCESSING_VERSION, prepare
+from services.intake import ImageDecodeError, measure_quality
 
 from tests.factories import encode
 

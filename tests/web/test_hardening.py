@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageCms
 from sqlalchemy import text
 
-from services import images
+from services import intake
 
 from tests.factories import CASE_FIELDS, PASSWORD, encode, login, post_case, token_for
 
@@ -127,7 +127,7 @@ def _jpeg_with_comment() -> bytes:
 def test_a_jpeg_comment_does_not_survive(embedded_stack):
     data = _jpeg_with_comment()
     assert b"Jane Example" in data
-    out = images.clean(data).data
+    out = intake.clean(data).data
     assert b"Jane Example" not in out and "comment" not in Image.open(io.BytesIO(out)).info
 
 
@@ -138,7 +138,7 @@ def test_a_png_icc_profile_is_applied_then_dropped():
     Image.fromarray(rgb).save(buf, "PNG", icc_profile=icc)
     data = buf.getvalue()
     assert b"iCCP" in data and Image.open(io.BytesIO(data)).info["icc_profile"] == icc
-    out = images.clean(data).data
+    out = intake.clean(data).data
     assert b"iCCP" not in out and "icc_profile" not in Image.open(io.BytesIO(out)).info
     assert np.abs(np.asarray(Image.open(io.BytesIO(out)), int) - rgb).max() <= 2   # sRGB -> sRGB
 
@@ -150,7 +150,7 @@ def test_a_multi_picture_jpeg_is_read_as_its_first_picture():
     Image.fromarray(first).save(buf, "MPO", save_all=True, append_images=[Image.fromarray(second)])
     data = buf.getvalue()
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    cleaned = images.clean(data)
+    cleaned = intake.clean(data)
     assert cleaned.media_type == "image/jpeg" and (cleaned.width, cleaned.height) == (160, 120)
     assert np.asarray(Image.open(io.BytesIO(cleaned.data))).mean() > 60     # not the black one
 
@@ -171,7 +171,7 @@ def test_a_case_of_huge_16_bit_pngs_is_refused_before_decoding(embedded_stack):
 
 
 def test_a_16_bit_png_is_scaled_without_a_float_copy():
-    cleaned = images.clean(_png16(300))
+    cleaned = intake.clean(_png16(300))
     assert np.asarray(Image.open(io.BytesIO(cleaned.data))).max() == 30000 >> 8
 
 
