@@ -50,6 +50,12 @@ class ModelInfo:
     bcc_threshold: float
     operating_points: dict | None = None      # diagnosis operating points for the risk
     calibration: dict | None = None
+    triage: dict | None = None                # the card's triage section (risk.Triage)
+
+    @classmethod
+    def of(cls, card) -> "ModelInfo":
+        return cls(card.name, card.version, card.weights_sha256, dict(card.thresholds), card.bcc_threshold,
+                   dict(card.operating_points), dict(card.calibration), dict(card.triage))
 
 
 @dataclass
@@ -90,9 +96,7 @@ def load_analyser(rt: Runtime) -> Analyser:
             # other; a short wait gathers them without delaying a lone job noticeably.
             loaded = Analyser(MicroBatcher(engine.analyse, rt.settings.batch_max,
                                            rt.settings.batch_wait_ms),
-                              ModelInfo(card.name, card.version, card.weights_sha256,
-                                        dict(card.thresholds), card.bcc_threshold,
-                                        dict(card.operating_points), dict(card.calibration)),
+                              ModelInfo.of(card),
                               MicroBatcher(lambda writes: commit_together(rt, writes),
                                            rt.settings.batch_max, 5.0))
             rt._analyser = loaded
@@ -245,7 +249,7 @@ def _store_prediction(s: Session, case_id: str, image_id: str, image_sha: str,
                 pattern_probabilities=result.pattern_probabilities,
                 patterns_present=result.patterns_present, clinical=summary["clinical"],
                 map_numbers=summary["map_numbers"], maps=maps, map_array=map_array,
-                quality=summary["quality"])
+                quality=summary["quality"], scope=summary["scope"])
             s.add(pred)
             s.flush()
             audit.append(s, case_id, {
@@ -263,7 +267,7 @@ def _store_prediction(s: Session, case_id: str, image_id: str, image_sha: str,
                 "calibration": model.calibration or {},
                 "clinical": summary["clinical"], "map_numbers": summary["map_numbers"],
                 "maps": maps, "map_array": map_array, "quality": summary["quality"],
-                "image": summary["image"],
+                "scope": summary["scope"], "image": summary["image"],
                 "lesion_mask_method": result.lesion_mask_method,
                 "worker": worker_name(), "device": result.device,
                 "timings_ms": result.timings_ms, "recorded_at": utcnow().isoformat(),
@@ -281,8 +285,11 @@ def _finish_job(s: Session, job_id: str, model: ModelInfo) -> None:
         Prediction.model_version == model.version)).all()
     findings = [risk.ImageFinding(p.bcc_probability, evidence_found(p.clinical),
                                   p.clinical["agreement"], p.quality["issues"],
-                                  p.diagnosis_probabilities) for p in preds]
-    _queue_case(case, findings, ai_available=True, operating_points=model.operating_points)
+                                  p.diagnosis_probabilities, in_scope=p.in_scope,
+                                  scope_reason="" if p.in_scope else p.scope["reason"])
+                for p in preds]
+    _queue_case(case, findings, ai_available=True, operating_points=model.operating_points,
+                triage=model.triage)
     job.status, job.finished_at, job.last_error = JobStatus.DONE, utcnow(), None
 
 
@@ -315,10 +322,10 @@ def evidence_found(clinical: dict) -> list[str]:
 
 
 def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: bool,
-                operating_points: dict | None = None) -> None:
+                operating_points: dict | None = None, triage: dict | None = None) -> None:
     r = risk.assess(findings, bleeding=case.bleeding, changed=case.changed,
                     body_site=case.body_site, age=case.age, received_at=case.created_at,
-                    ai_available=ai_available, operating_points=operating_points)
+                    ai_available=ai_available, operating_points=operating_points, triage=triage)
     if case.status not in (CaseStatus.CLAIMED, CaseStatus.REVIEWED):
         case.status = CaseStatus.ANALYSED if ai_available else CaseStatus.ANALYSIS_FAILED
     case.ai_available = ai_available

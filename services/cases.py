@@ -183,7 +183,7 @@ def get_map(rt: Runtime, user: User, case_id: str, prediction_id: str, target: s
     with rt.read() as session:
         readable_case(session, user, case_id)
         pred = session.get(Prediction, prediction_id)
-        if pred is None or pred.case_id != case_id or target not in map_targets(pred):
+        if pred is None or pred.case_id != case_id or target not in map_targets(pred) or not pred.in_scope:
             raise NotFound(f"no map {target} for prediction {prediction_id}")
         if target in pred.maps:
             key = pred.maps[target]["key"]
@@ -260,7 +260,7 @@ def get_map_layer(rt: Runtime, user: User, case_id: str, prediction_id: str, tar
 
     with rt.read() as session:
         pred = _prediction(session, user, case_id, prediction_id)
-        if not pred.map_array or target not in pred.map_array["targets"]:
+        if not pred.map_array or target not in pred.map_array["targets"] or not pred.in_scope:
             raise NotFound(f"no map layer {target} for prediction {prediction_id}")
         key, index = pred.map_array["key"], pred.map_array["targets"].index(target)
     return heat_layer_png(decode_map_array(fetch_object(rt, key))[index])
@@ -295,13 +295,22 @@ def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
                    for i in case.images],
     }
     if predictions is not None:
-        out["predictions"] = [{
-            "id": p.id, "image_id": p.image_id, "model": {"name": p.model_name, "version": p.model_version},
-            "bcc_probability": p.bcc_probability, "diagnosis": p.diagnosis,
+        out["predictions"] = [prediction_view(p) for p in predictions]
+    return out
+
+
+def prediction_view(p: Prediction) -> dict:
+    """What a reader of the case sees of one prediction. An image the scope gate refused
+    shows its verdict, reason and hint only: no probability, pattern, evidence or map, since
+    the dermoscopic read does not apply to it (the audit record keeps the numbers)."""
+    view = {"id": p.id, "image_id": p.image_id, "model": {"name": p.model_name, "version": p.model_version},
+            "scope": p.scope, "ai_applicable": p.in_scope, "clinical": p.clinical, "quality": p.quality}
+    if not p.in_scope:
+        return {**view, "bcc_probability": None, "diagnosis": p.diagnosis, "diagnosis_probabilities": None,
+                "pattern_probabilities": {}, "patterns_present": [], "evidence_patterns": [],
+                "map_numbers": {}, "maps": []}
+    return {**view, "bcc_probability": p.bcc_probability, "diagnosis": p.diagnosis,
             "diagnosis_probabilities": p.diagnosis_probabilities,
             "pattern_probabilities": p.pattern_probabilities, "patterns_present": p.patterns_present,
             "evidence_patterns": p.clinical.get("evidence_patterns", sorted(p.pattern_probabilities)),
-            "clinical": p.clinical, "map_numbers": p.map_numbers, "quality": p.quality,
-            "maps": map_targets(p),
-        } for p in predictions]
-    return out
+            "map_numbers": p.map_numbers, "maps": map_targets(p)}

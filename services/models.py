@@ -240,9 +240,17 @@ class Prediction(Base):
     # targets, shape}. The review viewer's layers and the expert-region figures read it.
     map_array: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     quality: Mapped[dict] = mapped_column(JSON)
+    # The scope gate's verdict ({verdict, reason, hint, measures, applicable}); None for
+    # predictions made before the gate, which were all read as dermoscopic.
+    scope: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     image: Mapped[CaseImage] = relationship(back_populates="predictions")
+
+    @property
+    def in_scope(self) -> bool:
+        """Whether the dermoscopic read applies (patterns, evidence and maps may be shown)."""
+        return self.scope is None or bool(self.scope.get("applicable", True))
 
     __table_args__ = (UniqueConstraint("image_id", "model_name", "model_version",
                                        name="uq_prediction_image_model"),)

@@ -53,7 +53,8 @@ def _calibration(truth: list[bool], p: list[float]) -> dict | None:
 
 def model_report(rows: list[Review]) -> dict:
     """The figures for one model version from its current clinical reviews."""
-    with_ai = [r for r in rows if r.ai]
+    # Cases whose image the scope gate refused carry no AI read to score.
+    with_ai = [r for r in rows if r.ai and r.ai.get("applicable", True)]
     diagnoses = {}
     has_head = any(r.ai.get("diagnosis") for r in with_ai)
     for d in values(Diagnosis):

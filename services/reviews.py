@@ -53,11 +53,16 @@ def ai_view(session: Session, pred: Prediction | None) -> dict | None:
     if pred is None:
         return None
     record = session.scalar(select(ExplanationRecord).where(ExplanationRecord.prediction_id == pred.id))
+    if not pred.in_scope:
+        # The dermoscopic read did not apply: nothing to agree or disagree with.
+        return {"prediction_id": pred.id, "image_id": pred.image_id, "applicable": False,
+                "scope": pred.scope, "model": {"name": pred.model_name, "version": pred.model_version},
+                "record": None if record is None else {"seq": record.seq, "record_hash": record.record_hash}}
     dx = None
     if pred.diagnosis_probabilities:
         dx = max(pred.diagnosis_probabilities, key=pred.diagnosis_probabilities.get)
     evidence = pred.clinical.get("evidence_patterns", sorted(pred.pattern_probabilities))
-    return {"prediction_id": pred.id, "image_id": pred.image_id,
+    return {"prediction_id": pred.id, "image_id": pred.image_id, "applicable": True,
             "model": {"name": pred.model_name, "version": pred.model_version},
             "diagnosis": dx, "diagnosis_probabilities": pred.diagnosis_probabilities,
             "bcc_probability": pred.bcc_probability, "says_bcc": pred.diagnosis == "BCC",
@@ -70,7 +75,7 @@ def agreement(ai: dict | None, decision: ReviewInput) -> dict | None:
 
     The diagnosis is compared with the AI's most probable of the seven diagnoses; a model
     without a diagnosis head is compared on BCC versus not BCC only."""
-    if ai is None:
+    if ai is None or not ai.get("applicable", True):
         return None
     says_bcc = decision.diagnosis == Diagnosis.BCC
     out = {"bcc": says_bcc == ai["says_bcc"]}

@@ -48,7 +48,11 @@ def encode(rgb: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
 
 
 def jpeg_with_gps() -> bytes:
-    img = Image.fromarray((np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8))
+    """A synthetic dermoscopic picture (the scope gate reads it as one) carrying GPS and
+    camera metadata, 400 x 300."""
+    from services.modelling.synthetic import generate
+
+    img = Image.fromarray(np.ascontiguousarray(generate(1, seed=0, size=400).images[0][50:350]))
     exif = Image.Exif()
     exif[0x0112] = 1
     exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}   # GPS IFD

@@ -57,8 +57,7 @@ def bench_worker(n: int, model: Path, shared: Path, batch: int = 16,
             job_ids.append(s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == case.id)))
     engine = Engine.load(model, "cpu")
     card = engine.card
-    info = analysis.ModelInfo(card.name, card.version, card.weights_sha256, dict(card.thresholds),
-                              card.bcc_threshold, card.operating_points, card.calibration)
+    info = analysis.ModelInfo.of(card)
     engine.analyse(images[:2])                                   # warm-up
 
     t0 = time.perf_counter()

@@ -52,9 +52,15 @@ class ModelCard:
     evidence_patterns: list | None = None
     operating_points: dict = field(default_factory=dict)
     diagnoses: list = field(default_factory=list)
+    # The scope gate's thresholds, figures and how they were validated (``scope.py``); empty
+    # for a model without a gate.
+    scope: dict = field(default_factory=dict)
+    # The referral triage (``risk.Triage``): how the heads combine into one malignancy
+    # probability, its calibration, the tier thresholds fitted to the targets, and figures.
+    triage: dict = field(default_factory=dict)
 
     OPTIONAL = frozenset({"extra", "created_at", "clinical_use", "calibration", "validation",
-                          "evidence_patterns", "operating_points", "diagnoses"})
+                          "evidence_patterns", "operating_points", "diagnoses", "scope", "triage"})
 
     def to_dict(self) -> dict:
         return asdict(self)

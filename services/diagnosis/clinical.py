@@ -104,6 +104,20 @@ def explain(bcc_probability: float, pattern_probabilities: dict[str, float],
                                evidence_patterns=[c for c in PATTERNS if c in allowed])
 
 
+NOT_ASSESSED = "not assessed"
+
+
+def not_applicable(bcc_probability: float, bcc_threshold: float, reason: str, hint: str) -> ClinicalExplanation:
+    """The explanation of an image the scope gate refused: no diagnosis, no pattern and no
+    evidence is claimed, because the dermoscopic read does not apply to it (the
+    probabilities stay in the audit record, never on the case page)."""
+    summary = f"AI not applicable: {reason}." + (f" {hint[0].upper()}{hint[1:]}" if hint else "")
+    return ClinicalExplanation(diagnosis=NOT_ASSESSED, bcc_probability=round(bcc_probability, 4),
+                               bcc_threshold=bcc_threshold, rule_diagnosis=NOT_ASSESSED,
+                               rule_reason="not_applicable", agreement=True, summary=summary,
+                               evidence_patterns=[])
+
+
 def _sentence(diagnosis, p, supporting, contradicting, agreement, rule_bcc, undetermined=False) -> str:
     head = ("Likely basal cell carcinoma" if diagnosis == "BCC"
             else "Basal cell carcinoma unlikely") + f" (AI probability {p:.0%})"

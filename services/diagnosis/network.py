@@ -59,6 +59,9 @@ class Architecture:
     # Also read the map's mean over the lesion (the engine's Otsu mask, per cell of the map):
     # the centre window assumes where the lesion is, the mask finds it (train.py's notes).
     lesion: bool = False
+    # The scope gate's read-out (``scope.py``): two logits (dermoscopic vs not, lesion vs not)
+    # on the standardised pooled vector. Fitted after the heads (``modelling/scope_gate.py``).
+    scope: bool = False
 
     def to_dict(self) -> dict:
         return {"name": self.name, "width_mult": self.width_mult,
@@ -66,7 +69,8 @@ class Architecture:
                 "hidden": list(self.hidden), "dropout": self.dropout,
                 "input_norm": self.input_norm, "same_padding": self.same_padding,
                 "diagnoses": list(self.diagnoses), "taps": list(self.taps),
-                "squares": self.squares, "centre": self.centre, "lesion": self.lesion}
+                "squares": self.squares, "centre": self.centre, "lesion": self.lesion,
+                "scope": self.scope}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Architecture":
@@ -81,7 +85,7 @@ class Architecture:
                    same_padding=bool(d.get("same_padding", False)),
                    diagnoses=tuple(d.get("diagnoses", ())), taps=tuple(d.get("taps", ())),
                    squares=bool(d.get("squares", False)), centre=int(d.get("centre", 0)),
-                   lesion=bool(d.get("lesion", False)))
+                   lesion=bool(d.get("lesion", False)), scope=bool(d.get("scope", False)))
 
 
 def classifier(in_features: int, hidden: tuple[int, ...], out_features: int,
@@ -151,6 +155,7 @@ class BCCPatternNet(nn.Module):
         self.pattern_head = classifier(channels, arch.hidden, len(PATTERNS), arch.dropout)
         self.diagnosis_head = (classifier(channels, arch.hidden, len(arch.diagnoses), arch.dropout)
                                if arch.diagnoses else None)
+        self.scope_head = nn.Linear(channels, 2) if arch.scope else None
         mean, std = INPUT_NORMS[arch.input_norm]
         # Not in the state dict: they follow from the architecture.
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -219,18 +224,28 @@ class BCCPatternNet(nn.Module):
             return d_pooled
         return d_pooled.unflatten(-1, (self.pooled_parts, self.map_channels)).sum(-2)
 
-    def _standardise(self, pooled: Tensor) -> Tensor:
+    def standardise(self, pooled: Tensor) -> Tensor:
+        """The pooled vector as the heads read it: standardised by the training images'."""
         return (pooled - self.pooled_mean) / self.pooled_std
 
     def heads(self, pooled: Tensor) -> Tensor:
         """The eight Grad-CAM targets' logits."""
-        z = self._standardise(pooled)
+        z = self.standardise(pooled)
         return torch.cat([self.bcc_head(z), self.pattern_head(z)], dim=1)
 
     def diagnosis_logits(self, pooled: Tensor) -> Tensor | None:
         if self.diagnosis_head is None:
             return None
-        return self.diagnosis_head(self._standardise(pooled))
+        return self.diagnosis_head(self.standardise(pooled))
+
+    def scope_readout(self, pooled: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The scope gate's (B, 2) logits (dermoscopic, lesion) and each image's typicality:
+        the mean squared z-score of its pooled vector against the training images' (about 1
+        for images like them, far higher for anything else). None without a gate."""
+        if self.scope_head is None:
+            return None
+        z = self.standardise(pooled.float())
+        return self.scope_head(z), z.square().mean(dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.heads(self.pooled(x))

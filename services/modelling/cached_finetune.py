@@ -132,8 +132,8 @@ def finetune(model: BCCPatternNet, inner: torch.Tensor, pooled: torch.Tensor, la
                 idx = order[step * cfg.finetune_batch:(step + 1) * cfg.finetune_batch]
                 x = flat_inner[idx].float().contiguous(memory_format=torch.channels_last)
                 c = None if flat_cells is None else flat_cells[idx]
-                z = model._standardise(_assemble(model, flat[idx], _tail(model, x, cfg.finetune_from, c),
-                                                 cfg.finetune_from))
+                z = model.standardise(_assemble(model, flat[idx], _tail(model, x, cfg.finetune_from, c),
+                                                cfg.finetune_from))
                 loss = readout_loss(z, dx[idx], bcc[idx], dx_head, bcc_head, cfg, dx_weight, bcc_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

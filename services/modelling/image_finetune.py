@@ -112,7 +112,7 @@ def finetune_images(model: BCCPatternNet, images: np.ndarray, rows: np.ndarray, 
                 idx = idx.to(device)
                 with _autocast(device):
                     pooled = model.pooled(x)
-                loss = readout_loss(model._standardise(pooled.float()), dx[idx], bcc[idx], dx_head, bcc_head,
+                loss = readout_loss(model.standardise(pooled.float()), dx[idx], bcc[idx], dx_head, bcc_head,
                                     cfg, dx_weight, bcc_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

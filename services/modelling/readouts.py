@@ -72,7 +72,7 @@ def fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synth
     others and stops far from the optimum of each head (experiments.md, "Read-outs").
     Deterministic: no sampling."""
     views, n, c = x.shape
-    z = model._standardise(x.reshape(views * n, c))
+    z = model.standardise(x.reshape(views * n, c))
     dx, bcc, pat = labels.dx.repeat(views), labels.bcc.repeat(views), labels.patterns.repeat(views, 1)
     if readouts:
         has = dx >= 0
@@ -83,7 +83,7 @@ def fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synth
         w, b = _logistic(z[has], bcc[has], cfg.l2_bcc, cfg, pos_weight=pos_weight(bcc[has]),
                          max_iter=max_iter, views=views)
         _set_linear(model.bcc_head, slice(None), w, b)
-    zs = model._standardise(synthetic) if len(synthetic) else None
+    zs = model.standardise(synthetic) if len(synthetic) else None
     # The pattern heads read the global mean only (zero weights on the centre window): with
     # it, PN and AT lost out of fold (687 Derm7pt images are too few for twice the inputs;
     # experiments.md, "Pooling").
@@ -288,7 +288,7 @@ def _train_heads_adamw(model: BCCPatternNet, x: torch.Tensor, labels: Labels, sy
             order = torch.randperm(len(flat), generator=gen)
             for s in range(steps):
                 idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                z = model._standardise(flat[idx])
+                z = model.standardise(flat[idx])
                 out_bcc = model.bcc_head(z)[:, 0]
                 out_pat = model.pattern_head(z)
                 out_dx = model.diagnosis_head(z)

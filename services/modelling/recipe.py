@@ -94,7 +94,19 @@ class RealTrainConfig:
     # centre square of a photo. An aspect (4/3) stretches them back before the same crop, so
     # training sees lesions as served (None: as the copies are).
     ham_aspect: float | None = None
+    # The scope gate (``scope_gate``): fitted on the same features against the shared
+    # clinical photographs (DermNet), where they are present.
+    scope_gate: bool = True
 
     def architecture(self) -> Architecture:
         return replace(IMAGENET_ARCH, diagnoses=DIAGNOSES, taps=self.taps, squares=True,
-                       centre=self.centre, lesion=self.lesion, hidden=self.hidden, dropout=self.dropout)
+                       centre=self.centre, lesion=self.lesion, hidden=self.hidden, dropout=self.dropout,
+                       scope=self.scope_gate and clinical_photos() is not None)
+
+
+def clinical_photos():
+    """The shared clinical photographs the scope gate is fitted against, or None."""
+    from .. import config
+
+    folder = config.shared_data_dir() / "dermnet-clinical"
+    return folder if (folder / "labels.csv").is_file() else None

@@ -34,8 +34,11 @@ from .features import cache_key, extract, load_cached, save_cached
 from .image_finetune import out_of_fold_images
 from .imagenet import SHARED_FILE, read_tflite
 from .out_of_source import validate as out_of_source
-from .recipe import INTENDED_USE, MODEL_NAME, MODEL_VERSION, NOT_VALIDATED, VALIDATED, RealTrainConfig
-from .validation import assess, grouped_folds, out_of_fold
+from .recipe import (INTENDED_USE, MODEL_NAME, MODEL_VERSION, NOT_VALIDATED, VALIDATED, RealTrainConfig,
+                     clinical_photos)
+from .scope_gate import build_gate, load_clinical
+from .triage import fit_triage
+from .validation import assess, calibrated, grouped_folds, out_of_fold
 
 
 def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bool = True,
@@ -76,6 +79,9 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
                                        _capped(bar, total))
     heads_seconds = time.perf_counter() - t0
     result = assess(oof_t, oof_d, labels, cfg)
+    triage = fit_triage(calibrated(oof_t[:, 0], result["calibration"]["BCC"]),
+                        calibrated(oof_d, result["calibration"]["diagnosis"], softmax=True),
+                        labels.dx.numpy(), config.triage_targets(), cfg.seed)
     t0 = time.perf_counter()
     elsewhere = None
     if cfg.out_of_source and len({s.collection for s in samples}) > 1:
@@ -83,20 +89,36 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
                   unit="eval", disable=not progress) as bar:
             elsewhere = out_of_source(model, feats.real, samples, labels, cfg, result,
                                       _capped(bar, cfg.max_iter))
+    t_gate = time.perf_counter()
+    gate = None
+    if model.scope_head is not None:
+        photos = clinical_photos()
+        with tqdm(total=len(load_clinical(photos)[:cfg.limit]), desc="scope gate (clinical photos, held-out folds)",
+                  unit="img", disable=not progress) as bar:
+            gate = build_gate(model, feats.real[0], samples, photos, cfg.extract_batch, cfg.seed,
+                              bar.update, limit=cfg.limit)
     elapsed = time.perf_counter() - started
     timings = {"feature_extraction_s": round(feats.seconds, 1),
                "heads_s": round(heads_seconds, 1),  # the folds and the final fit
-               "out_of_source_s": round(time.perf_counter() - t0, 1),
+               "out_of_source_s": round(t_gate - t0, 1),
+               "scope_gate_s": round(time.perf_counter() - t_gate, 1),
                "total_s": round(elapsed, 1)}
     card = make_card(cfg, samples, labels.labelled, result, timings)
     if elsewhere is not None:
         card.metrics["out_of_source"] = elsewhere
+    if gate is not None:
+        card.scope = gate
+    card.triage = triage
     artifact.save(model, card, Path(out))
     f = result["figures"]
     patterns = "".join(f", {c} {f[c]['auc']}" for c in labels.labelled)
     log(f"real model written to {out} in {elapsed:.0f} s; out-of-fold AUC: BCC {f['BCC']['auc']}, "
         f"melanoma {f['diagnoses']['mel']['auc']}{patterns}; "
         f"balanced accuracy (7) {f['balanced_accuracy_7']}")
+    t = triage["figures"]
+    log(f"triage ({triage['combination']}): urgent {t['share.urgent']:.1%} of cases, melanomas urgent "
+        f"{t['urgent_sensitivity.mel']:.1%}, malignant seen {t['seen_sensitivity.malignant']:.1%}, "
+        f"low tier NPV {t['low_npv']:.4f}")
     if elsewhere is not None:
         worst = elsewhere["plan_with"]
         log("lowest with a collection held out: " + ", ".join(

@@ -391,3 +391,15 @@ def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_card_carries_the_scope_gate_and_the_triage(tiny_model):
+    _, card = tiny_model
+    assert set(card.scope["thresholds"]) == {"dermoscopic", "lesion", "typicality", "dermoscopic_typicality"}
+    assert "dermoscopy_passed" in card.scope["figures"]
+    model = artifact.load(tiny_model[0]).model
+    assert model.scope_head is not None and model.scope_head.weight.abs().sum() > 0
+    th = card.triage["thresholds"]
+    assert 0 <= th["routine"] <= th["urgent"] <= 1
+    assert card.triage["combination"] in ("diagnosis_mass", "max_with_bcc_head", "bcc_head_in_mass")
+    assert len(card.triage["curve"]["points"]) == 101

@@ -83,3 +83,47 @@ def test_scc_and_total_malignancy_raise_priority():
 
 def test_models_without_a_diagnosis_head_score_as_before():
     assert assess([ImageFinding(0.5, [], True, [])], **base(), operating_points=POINTS).score == 50.0
+
+
+TRIAGE = {"combination": "diagnosis_mass", "calibration": {"scale": 1.0, "bias": 0.0},
+          "thresholds": {"routine": 0.05, "urgent": 0.30}}
+
+
+def test_triage_scores_one_calibrated_probability_onto_fixed_bands():
+    def at(**p):
+        return assess([ImageFinding(0.0, [], True, [], dx(**p))], **base(), triage=TRIAGE)
+    assert at(mel=0.04).tier == "low"
+    assert at(bcc=0.05).tier == "routine" and at(bcc=0.05).score == 35.0
+    assert at(akiec=0.30).tier == "urgent" and at(akiec=0.30).score == 70.0
+    assert at(mel=1.0).score == 100.0
+    # monotone: with neutral answers the queue's order is the model's order
+    ps = np.linspace(0, 1, 41)
+    scores = [at(mel=float(p)).score for p in ps]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+
+
+def test_triage_red_flags_are_bounded_and_disagreement_does_not_reorder():
+    plain = assess([ImageFinding(0.0, [], True, [], dx(mel=0.1))], **base(), triage=TRIAGE)
+    every = assess([ImageFinding(0.0, [], True, [], dx(mel=0.1))], triage=TRIAGE,
+                   **base(bleeding=True, changed=True, body_site="nose", age=90))
+    assert every.score == round(plain.score + 20, 1) and any("at most +20" in r for r in every.reasons)
+    odd = assess([ImageFinding(0.0, [], False, [], dx(mel=0.01))], **base(), triage=TRIAGE)
+    assert odd.needs_attention and odd.tier == "low"
+
+
+def test_refused_images_are_not_scored_and_a_human_sees_the_case():
+    refused = ImageFinding(0.99, ["UL"], True, [], dx(mel=0.9), in_scope=False,
+                           scope_reason="a photograph taken without a dermatoscope (clinical photo)")
+    r = assess([refused], **base(), triage=TRIAGE)
+    assert r.needs_attention and r.tier == "routine" and r.score == 40.0
+    assert r.reasons[0].startswith("AI not applicable: a photograph taken without a dermatoscope")
+    both = assess([refused, ImageFinding(0.0, [], True, [], dx(mel=0.5))], **base(), triage=TRIAGE)
+    assert both.tier == "urgent" and any(x.startswith("AI not applicable") for x in both.reasons)
+
+
+def test_triage_combinations():
+    from services.risk import combine
+    d = dx(mel=0.1, bcc=0.2, akiec=0.05)
+    assert abs(combine("diagnosis_mass", 0.6, d) - 0.35) < 1e-9
+    assert combine("max_with_bcc_head", 0.6, d) == 0.6
+    assert abs(combine("bcc_head_in_mass", 0.6, d) - 0.75) < 1e-9
