@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
-from services import access, audit, cases, checkpoints, labelling, monitoring, params, permissions, queue, reviews, users
+from services import access, audit, cases, checkpoints, image_check, labelling, monitoring, params, permissions, queue, reviews, users
 from services.errors import Unauthorized, ValidationError
 from services.vocabulary import AccessAction, Agreement, RecordKind
 
@@ -44,6 +44,15 @@ def submit():
         raise ValidationError("send multipart/form-data with case fields and one or more 'images'", "body")
     case = cases.submit_case(runtime(), g.user, request.form, uploads_from_request())
     return jsonify({"id": case.id, "status": case.status}), 201
+
+
+@bp.post("/images/check")
+@api_login_required(permissions.SUBMIT_CASES)
+def check_image():
+    upload = request.files.get("image")
+    if upload is None:
+        raise ValidationError("send multipart/form-data with one file field 'image'", "image")
+    return jsonify(image_check.check_image(runtime(), g.user, upload.read()))
 
 
 @bp.get("/cases")

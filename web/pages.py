@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from flask import (Blueprint, Flask, Response, current_app, flash, g, redirect, render_template,
+from flask import (Blueprint, Flask, Response, current_app, flash, g, jsonify, redirect, render_template,
                    request, session, url_for)
 
-from services import (access, audit, cases, checkpoints, labelling, monitoring, params, permissions, queue,
+from services import (access, audit, cases, checkpoints, image_check, labelling, monitoring, params, permissions, queue,
                       review_input, reviews, users)
-from services.errors import DermaTriageError
+from services.errors import DermaTriageError, ValidationError
 from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, AccessAction, BodySite, Diagnosis, Management,
                                  RiskTier, Role, values)
 
@@ -107,6 +107,16 @@ def new_case():
         return render_template("new_case.html", form=request.form, sites=cases.BODY_SITES), exc.status
     flash("Case submitted. The analysis will appear here shortly.")
     return redirect(url_for("pages.case_detail", case_id=case.id))
+
+
+@bp.post("/cases/new/check")
+@login_required(permissions.SUBMIT_CASES)
+def check_image():
+    """The form's instant check of one picked image (JSON for new_case.js)."""
+    upload = request.files.get("image")
+    if upload is None:
+        raise ValidationError("send one file field 'image'", "image")
+    return jsonify(image_check.check_image(runtime(), g.user, upload.read()))
 
 
 @bp.get("/cases/<case_id>")

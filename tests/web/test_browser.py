@@ -225,3 +225,71 @@ def test_every_page_loads_without_a_csp_violation(live_server, browser, ham_jpeg
         assert not [m for m in console if "Content Security Policy" in m], (user, console)
         page.close()
     assert seen == sum(len(p) for p in pages.values())
+
+
+def test_gp_sees_the_scope_verdicts_before_submitting(make_product, browser, ham_jpegs, tmp_path):
+    """With the real-image model (its scope gate): a clinical photo and a dermoscopic image
+    picked in the form each get a verdict at once; after submitting, the dermatologist's case
+    page shows the clinical one as "AI not applicable", without pattern evidence or maps."""
+    from werkzeug.serving import make_server
+
+    from services import config
+    real = config.real_model_path()
+    if not real.is_file():
+        pytest.skip(f"no real-image model at {real} (make install builds it where the shared data is)")
+    engine = Engine.load(real, "cpu")
+    if not engine.card.scope:
+        pytest.skip("the model in var/models predates the scope gate; rebuild it")
+    photos = config.shared_data_dir() / "dermnet-clinical"
+    clinical = tmp_path / "clinical-photo.jpg"
+    clinical.write_bytes((photos / "images/basal-cell-carcinoma/0637.jpg").read_bytes())
+    dermoscopic = tmp_path / "dermoscopic.jpg"
+    dermoscopic.write_bytes(ham_jpegs[0])
+
+    stack = make_product("embedded", DERMATRIAGE_MODEL_PATH=real)
+    app = stack.app()
+    app.config["TESTING"] = False
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        gp = log_in(browser, base, "gp1")
+        gp.goto(f"{base}/cases/new")
+        gp.fill("input[name=patient_pseudonym]", "P-GATE")
+        gp.fill("input[name=age]", "71")
+        gp.set_input_files("input[name=dermoscopic]", [str(clinical), str(dermoscopic)])
+        gp.wait_for_function("document.querySelectorAll('li.check-result[data-verdict=pending]').length == 0"
+                             " && document.querySelectorAll('li.check-result').length == 2", timeout=30_000)
+        verdicts = {li.get_attribute("data-file"): li.get_attribute("data-verdict")
+                    for li in gp.query_selector_all("li.check-result")}
+        assert verdicts["dermoscopic.jpg"] == "dermoscopic"
+        assert verdicts["clinical-photo.jpg"] in ("clinical", "not_a_lesion")
+        warn = gp.inner_text("li.check-result[data-file='clinical-photo.jpg']")
+        assert "dermatoscope" in warn and "Retake hint" in warn
+        assert gp.eval_on_selector("li.check-result[data-file='dermoscopic.jpg'] img", "e => e.naturalWidth") > 0
+        gp.screenshot(path=str(ARTIFACTS / "gate-verdicts-before-submit.png"), full_page=True)
+        gp.click("button:has-text('Submit case')")
+        assert "Case submitted" in gp.content()
+        case_id = gp.url.rstrip("/").split("/")[-1]
+
+        rt = stack.runtime()
+        with rt.read() as s:
+            job_id = s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == case_id))
+        assert analysis.run_job(rt, job_id, engine.analyse, analysis.ModelInfo.of(engine.card)) == "done"
+
+        derm = log_in(browser, base, "derm1")
+        derm.goto(f"{base}/cases/{case_id}")
+        derm.screenshot(path=str(ARTIFACTS / "gate-case-page.png"), full_page=True)
+        cards = [c for c in derm.query_selector_all(".card") if "AI analysis" in c.inner_text()]
+        assert len(cards) == 2
+        refused = [c for c in cards if "AI not applicable" in c.inner_text()]
+        assert len(refused) == 1
+        text = refused[0].inner_text()
+        assert "Finding" not in text and "Probability" not in text and "Grad-CAM" not in text
+        assert not refused[0].query_selector_all("img")
+        read = [c for c in cards if c is not refused[0]][0]
+        assert "Finding" in read.inner_text() and read.query_selector_all("img")
+        assert "AI not applicable" in derm.inner_text("body")
+    finally:
+        server.shutdown()
