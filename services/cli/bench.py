@@ -40,7 +40,8 @@ def _shared_data() -> Path:
 @click.option("--device", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def explain(batch: int, rounds: int, model_path: Path | None, device: str | None, as_json: bool) -> None:
-    """Forward-only vs full analysis (8 maps + numbers) vs captum LayerGradCam."""
+    """Forward-only vs full analysis (8 maps + numbers) vs captum LayerGradCam; and the
+    engine's analysis from bytes with the scope gate against without it."""
     explain_bench = building("services.bench.explain")
     engine = load_engine(model_path or config.model_path(), device)
     result = explain_bench.bench_explain(engine, batch=batch, rounds=rounds)
@@ -54,6 +55,8 @@ def explain(batch: int, rounds: int, model_path: Path | None, device: str | None
                    f"captum_over_full {result['captum_over_full']}"
                    + (f"  one_pass_over_passes {result['one_pass_over_passes']}"
                       if "one_pass_over_passes" in result else ""))
+        click.echo(f"analyse from bytes: with the scope gate {m['analyse']:.3f}s  without "
+                   f"{m['analyse_no_gate']:.3f}s  gate_overhead {result['gate_overhead']:+.1%}")
 
 
 @bench.command("pipeline")

@@ -34,6 +34,7 @@ def test_bench_explain_prints_ratios(tmp_path):
     out = json.loads(result.output)
     assert out["full_over_forward"] > 0 and out["captum_over_full"] > 0
     assert out["one_pass_over_passes"] > 0      # on the CPU: one pass against passes of 4
+    assert out["gate_overhead"] > -1 and out["median_s"]["analyse_no_gate"] > 0
     assert out["max_abs_diff_normalised_vs_captum"] < 1e-3
 
 
