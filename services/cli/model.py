@@ -221,6 +221,43 @@ def _real_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+@model.command("triage")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Weights file (default: the model in service).")
+@click.option("--dataset", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A labelled image folder to run the served tiers on (default: the card's "
+                   "out-of-fold figures).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=None,
+              help="Only the first N images of the dataset.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=Path("triage.png"),
+              show_default=True, help="Where to draw the workload-sensitivity curve (PNG).")
+@click.option("--json", "as_json", is_flag=True)
+def triage(model_path: Path | None, dataset: Path | None, limit: int | None, plot: Path, as_json: bool) -> None:
+    """The referral tiers against their targets: per tier the share of cases, the sensitivity
+    per malignant class and the low tier's NPV, and the workload-sensitivity curve."""
+    fitting = building("services.modelling.triage")
+    engine = load_engine(model_path or config.model_path(), "cpu")
+    section = engine.card.triage
+    if not section:
+        raise click.ClickException(f"model {engine.card.name} {engine.card.version} has no triage "
+                                   "section (the synthetic demo model scores by its BCC head); "
+                                   "build the real-image model with `dermatriage model build`")
+    title = "out-of-fold"
+    if dataset is not None:
+        datasets = building("services.modelling.datasets")
+        try:
+            samples = datasets.load_dataset(dataset)[:limit]
+        except DermaTriageError as exc:
+            raise click.ClickException(exc.message) from exc
+        section = fitting.on_dataset(engine, samples, section)
+        if not section["images"]:
+            raise click.ClickException(f"no image in {dataset} has a diagnosis among the model's classes")
+        title = dataset.name
+    section["plot"] = fitting.curve_png(section, plot, f"Workload vs sensitivity ({title})")
+    click.echo(json.dumps(section, indent=2) if as_json else
+               fitting.report(section) + f"\ncurve: {section['plot']}")
+
+
 @model.command("card")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
 def card(model_path: Path | None) -> None:
