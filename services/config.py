@@ -226,15 +226,17 @@ def triage_targets(env: dict | None = None) -> dict:
     """The clinical targets the referral tiers are fitted to at build time (risk.py): the
     share of malignant lesions that must be routine or urgent, and of melanomas urgent."""
     env = os.environ if env is None else env
-    out = {}
-    for key, var, default in (("malignant_seen", "DERMATRIAGE_TRIAGE_MALIGNANT_SEEN", 0.97),
-                              ("melanoma_urgent", "DERMATRIAGE_TRIAGE_MELANOMA_URGENT", 0.90)):
-        raw = env.get(var, str(default))
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{var} must be a share between 0 and 1, not {raw!r}") from None
-        if not 0 < value <= 1:
-            raise ConfigurationError(f"{var} must be a share between 0 and 1, not {raw!r}")
-        out[key] = value
-    return out
+    return {"malignant_seen": _share(env.get("DERMATRIAGE_TRIAGE_MALIGNANT_SEEN", "0.97"),
+                                     "DERMATRIAGE_TRIAGE_MALIGNANT_SEEN"),
+            "melanoma_urgent": _share(env.get("DERMATRIAGE_TRIAGE_MELANOMA_URGENT", "0.90"),
+                                      "DERMATRIAGE_TRIAGE_MELANOMA_URGENT")}
+
+
+def _share(raw: str, var: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{var} must be a share between 0 and 1, not {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigurationError(f"{var} must be a share between 0 and 1, not {raw!r}")
+    return value

@@ -13,7 +13,7 @@ from .datasets import DIAGNOSES
 from .imagenet import IMAGENET_ARCH
 
 MODEL_NAME = "dermatriage-real"
-MODEL_VERSION = "2.3.0"
+MODEL_VERSION = "2.4.0"
 VALIDATED = "validated on real images"
 NOT_VALIDATED = "not validated on real images"
 INTENDED_USE = (

@@ -12,6 +12,8 @@ each time, so the intervals include the fitting). ``risk.Triage`` serves the res
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..diagnosis.metrics import auc_with_ci
@@ -84,9 +86,12 @@ def fit_triage(p_bcc: np.ndarray, p_dx: np.ndarray, dx: np.ndarray, targets: dic
     best = max(COMBINATIONS, key=lambda n: candidates[n])
     raw = np.clip(_combined(best, p_bcc, p_dx), 1e-6, 1 - 1e-6)
     cal = fit_calibration(np.log(raw / (1 - raw)), malignant)
-    triage = Triage(best, float(cal["scale"]), float(cal["bias"]), 0.0, 1.0)
+    # Rounded as the card stores them, before anything is fitted on them.
+    cal = {"scale": round(float(cal["scale"]), 6), "bias": round(float(cal["bias"]), 6)}
+    triage = Triage(best, cal["scale"], cal["bias"], 0.0, 1.0)
     p = np.array([triage.probability(b, dict(zip(DIAGNOSES, row))) for b, row in zip(p_bcc, p_dx)])
-    routine, urgent = _fit(p, dx, targets)
+    # Floored as the card stores them: a threshold rounded up could drop the last case in.
+    routine, urgent = (math.floor(t * 1e6) / 1e6 for t in _fit(p, dx, targets))
     served = Triage(best, triage.scale, triage.bias, routine, urgent)
     achieved = _tiers(p, dx, routine, urgent)
 
@@ -116,9 +121,9 @@ def fit_triage(p_bcc: np.ndarray, p_dx: np.ndarray, dx: np.ndarray, targets: dic
     return {
         "combination": best,
         "candidates_auc": candidates,
-        "calibration": {"scale": round(float(cal["scale"]), 6), "bias": round(float(cal["bias"]), 6)},
+        "calibration": cal,
         "targets": dict(targets),
-        "thresholds": {"routine": round(routine, 6), "urgent": round(urgent, 6)},
+        "thresholds": {"routine": routine, "urgent": urgent},
         "figures": rounded,
         "ci95": ci,
         "met": met,

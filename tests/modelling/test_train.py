@@ -403,3 +403,23 @@ def test_card_carries_the_scope_gate_and_the_triage(tiny_model):
     assert 0 <= th["routine"] <= th["urgent"] <= 1
     assert card.triage["combination"] in ("diagnosis_mass", "max_with_bcc_head", "bcc_head_in_mass")
     assert len(card.triage["curve"]["points"]) == 101
+
+
+def test_model_triage_prints_the_tiers_and_draws_the_curve(tiny_model, tmp_path):
+    plot = tmp_path / "curve.png"
+    result = CliRunner().invoke(main, ["model", "triage", "--model", str(tiny_model[0]), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "low tier NPV" in result.output and "urgent" in result.output and "ordering AUC" in result.output
+    assert plot.stat().st_size > 10_000
+    derm7pt = config.shared_data_dir() / "derm7pt"
+    result = CliRunner().invoke(main, ["model", "triage", "--model", str(tiny_model[0]), "--dataset", str(derm7pt),
+                                       "--limit", "24", "--plot", str(tmp_path / "d7.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["images"] + out["refused_by_scope_gate"] <= 24 and out["thresholds"] == tiny_model[1].triage["thresholds"]
+
+
+def test_model_triage_refuses_a_model_without_triage(tmp_path):
+    from tests.factories import small_model_file
+    result = CliRunner().invoke(main, ["model", "triage", "--model", str(small_model_file(tmp_path))])
+    assert result.exit_code != 0 and "no triage section" in result.output
