@@ -13,15 +13,14 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from . import intake
-from . import jobs, params, permissions
+from . import dicom, intake, jobs, params, permissions
 from .case_access import delete_quietly, fetch_object, mark_answer_seen, readable_case
 from .errors import NotFound, Unavailable, ValidationError
 from .models import AnalysisJob, Case, CaseImage, Prediction, User
@@ -52,6 +51,7 @@ class CaseInput:
 class Upload:
     filename: str
     data: bytes
+    # dermoscopic or clinical; empty: a DICOM object's class decides, anything else is dermoscopic
     kind: str = "dermoscopic"
 
 
@@ -82,10 +82,20 @@ def parse_case_fields(form: Mapping) -> CaseInput:
                      params.flag(form, "bleeding"), question)
 
 
-def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> Case:
-    """Validate, store and commit the case, then hand its analysis job to the workers."""
+def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
+                external_ref: str | None = None) -> Case:
+    """Validate, store and commit the case, then hand its analysis job to the workers.
+
+    ``external_ref``: the sender's own reference for the referral; a second submission with the
+    same reference from the same GP returns the first case and stores nothing."""
     permissions.require(gp, permissions.SUBMIT_CASES)
-    fields = parse_case_fields(form)
+    if external_ref is not None and (existing := _by_external_ref(rt, gp, external_ref)) is not None:
+        return existing
+    facts = [dicom.facts(up.data) for up in uploads]
+    fields = parse_case_fields(with_dicom_facts(form, [f for f in facts if f]))
+    uploads = [replace(up, kind=up.kind or (ImageKind.DERMOSCOPIC if f is None or f.dermoscopic
+                                            else ImageKind.CLINICAL).value)
+               for up, f in zip(uploads, facts)]
     if not uploads:
         raise ValidationError("at least one image is required", "images")
     if len(uploads) > rt.settings.max_images_per_case:
@@ -99,7 +109,9 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
         try:
             cleaned.append(intake.clean(up.data))
         except intake.ImageDecodeError as exc:
-            raise ValidationError(f"{up.filename or 'image'}: {exc.message}", f"images[{i}]") from exc
+            error = ValidationError(f"{up.filename or 'image'}: {exc.message}", f"images[{i}]")
+            error.status = exc.status      # 415 for a DICOM encoding or class not read here
+            raise error from exc
     if not any(u.kind == ImageKind.DERMOSCOPIC for u in uploads):
         raise ValidationError("at least one dermoscopic image is required", "images")
 
@@ -117,17 +129,23 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
     try:
         with rt.sessions() as session, session.begin():
             case = Case(gp_id=gp.id, status=CaseStatus.RECEIVED, ai_available=True,
-                        needs_attention=False, **fields.__dict__)
+                        needs_attention=False, external_ref=external_ref, **fields.__dict__)
             session.add(case)
             session.flush()
-            for i, (img, up, key) in enumerate(zip(cleaned, uploads, keys)):
+            for i, (img, up, key, f) in enumerate(zip(cleaned, uploads, keys, facts)):
                 session.add(CaseImage(case_id=case.id, position=i, object_key=key, sha256=img.sha256,
                                       size=img.size, media_type=img.media_type, width=img.width,
-                                      height=img.height, kind=up.kind))
+                                      height=img.height, kind=up.kind, origin=origin(f)))
             job = AnalysisJob(case_id=case.id, status=JobStatus.PENDING, attempts=0, dispatches=0)
             session.add(job)
             session.flush()
             job_id = job.id
+    except IntegrityError:
+        delete_quietly(rt, keys, "image object")
+        existing = None if external_ref is None else _by_external_ref(rt, gp, external_ref)
+        if existing is None:
+            raise
+        return existing          # the same referral, committed meanwhile by a concurrent request
     except SQLAlchemyError as exc:
         delete_quietly(rt, keys, "image object")
         log.error("case intake failed in the database: %s", exc)
@@ -135,6 +153,35 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload]) -> 
 
     jobs.dispatch(rt, job_id)
     return case
+
+
+def _by_external_ref(rt: Runtime, gp: User, ref: str) -> Case | None:
+    with rt.read() as session:
+        return session.scalar(select(Case).where(Case.gp_id == gp.id, Case.external_ref == ref))
+
+
+def with_dicom_facts(form: Mapping, facts: list) -> Mapping:
+    """The form, with age, sex and body site taken from the first DICOM image that states them
+    where the form leaves them out: a device's header says what the GP would retype."""
+    if not facts:
+        return form
+    out = {k: form.get(k) for k in form}
+    for key, attr in (("age", "age"), ("sex", "sex"), ("body_site", "body_site")):
+        if str(out.get(key) or "").strip():
+            continue
+        value = next((getattr(f, attr) for f in facts if getattr(f, attr) is not None), None)
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+def origin(facts) -> dict | None:
+    """What a case image keeps of where it came from: nothing for JPEG/PNG; for DICOM the
+    object's class, whether it is dermoscopic and the acquisition device (no identifier)."""
+    if facts is None:
+        return None
+    return {"format": "dicom", "sop_class": facts.sop_class, "dermoscopic": facts.dermoscopic,
+            "device": facts.device}
 
 
 # What one case may cost to decode, read from the headers before anything is decoded: six
@@ -291,7 +338,7 @@ def case_view(case: Case, predictions: list[Prediction] | None = None) -> dict:
         "new_answer": case.answered_at is not None and (
             case.answer_seen_at is None or case.answer_seen_at < case.answered_at),
         "images": [{"id": i.id, "kind": i.kind, "media_type": i.media_type, "width": i.width,
-                    "height": i.height, "sha256": i.sha256, "size": i.size}
+                    "height": i.height, "sha256": i.sha256, "size": i.size, "origin": i.origin}
                    for i in case.images],
     }
     if predictions is not None:

@@ -3,9 +3,10 @@
 One place owns the three steps, in this order, for the form, the API and the GP's instant
 check alike:
 
-1. **decode**: JPEG/PNG only, within pixel and byte budgets, truncated or damaged files
-   refused (Pillow happily decodes a PNG cut off after its last pixel row), EXIF
-   orientation applied;
+1. **decode**: JPEG, PNG, or a DICOM Part 10 photograph (``services/dicom.py``: pixel data
+   through pydicom, header reduced to the few facts a referral keeps), within pixel and byte
+   budgets, truncated or damaged files refused (Pillow happily decodes a PNG cut off after
+   its last pixel row), EXIF orientation applied;
 2. **checks**: image quality (sharpness, exposure) and the pixel screen (``screen``): is
    this a photograph of skin at all? Neither refuses the upload: a blurred or odd picture
    is still a referral, and the scope gate (``services/diagnosis/scope.py``) turns them into
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import dicom
 from .errors import ValidationError
 
 # MPO (multi-picture JPEG, written by many phones) is read as its first picture, a JPEG.
@@ -59,9 +61,10 @@ SOLID_SHARE_MAX = 0.40    # share of pixels in the commonest exact colour: fills
 class ImageDecodeError(ValidationError):
     """An upload that cannot be analysed; ``code`` is stable for API error bodies."""
 
-    def __init__(self, code: str, message: str, field: str | None = None):
+    def __init__(self, code: str, message: str, field: str | None = None, status: int = 422):
         super().__init__(message, field)
         self.code = code
+        self.status = status     # 415 for a DICOM encoding or class not read here
 
 
 # ---------------------------------------------------------------------------------- decode
@@ -69,6 +72,8 @@ class ImageDecodeError(ValidationError):
 def decode_cost(data: bytes) -> tuple[int, int]:
     """(pixels, bytes) that decoding this image will take, read from its header alone (JPEG
     at its reduced decode scale); (0, 0) when the header cannot be read (decode says why)."""
+    if dicom.is_dicom(data):
+        return dicom.decode_cost(data)
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
@@ -91,14 +96,16 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
         raise ImageDecodeError("empty", "the image is empty")
     if len(data) > MAX_BYTES:
         raise ImageDecodeError("too_large", f"the image is larger than {MAX_BYTES} bytes")
+    if dicom.is_dicom(data):
+        return _decode_dicom(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = img.format
             if fmt not in ALLOWED_FORMATS:
-                raise ImageDecodeError("unsupported_format",
-                                       f"only JPEG and PNG are accepted, not {fmt or 'this format'}")
+                raise ImageDecodeError("unsupported_format", "only JPEG, PNG and DICOM photographs are "
+                                                             f"accepted, not {fmt or 'this format'}")
             if img.width * img.height > MAX_PIXELS:
                 raise ImageDecodeError("too_many_pixels",
                                        f"the image has {img.width * img.height} pixels; "
@@ -116,7 +123,7 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                                "are accepted") from exc
     except UnidentifiedImageError as exc:
         # Pillow's own message names its internals (and the BytesIO object): not for users.
-        raise ImageDecodeError("undecodable", "the file is not a readable JPEG or PNG image") from exc
+        raise ImageDecodeError("undecodable", "the file is not a readable JPEG, PNG or DICOM image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("corrupt", "the image data is damaged or truncated") from exc
     if min(img.width, img.height) < MIN_SIDE:
@@ -124,6 +131,22 @@ def decode(data: bytes) -> tuple[Image.Image, str]:
                                f"each side must be at least {MIN_SIDE} pixels")
     img = ImageOps.exif_transpose(img)
     return to_rgb(img), ALLOWED_FORMATS[fmt]
+
+
+def _decode_dicom(data: bytes) -> tuple[Image.Image, str]:
+    """A DICOM photograph's first frame; stored as JPEG when it came as JPEG, else as PNG."""
+    pixels, _ = dicom.decode_cost(data)
+    if pixels > MAX_PIXELS:
+        raise ImageDecodeError("too_many_pixels", f"the DICOM image has {pixels} pixels; at most "
+                                                  f"{MAX_PIXELS} are accepted")
+    try:
+        img, _facts, was_jpeg = dicom.read(data)
+    except dicom.DicomError as exc:
+        raise ImageDecodeError(exc.code, exc.message, status=exc.status) from exc
+    if min(img.width, img.height) < MIN_SIDE:
+        raise ImageDecodeError("too_small", f"the image is {img.width}x{img.height}; "
+                               f"each side must be at least {MIN_SIDE} pixels")
+    return img, "image/jpeg" if was_jpeg else "image/png"
 
 
 def _verify_png(data: bytes) -> None:

@@ -145,6 +145,9 @@ class Case(Base):
     # is answered_at after answer_seen_at.
     answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
     answer_seen_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The sender's own reference for the referral (a DICOM study's accession number, later a
+    # FHIR ServiceRequest identifier): the same referral sent twice by one GP is one case.
+    external_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     images: Mapped[list["CaseImage"]] = relationship(back_populates="case", order_by="CaseImage.position")
@@ -158,6 +161,7 @@ class Case(Base):
         CheckConstraint(check_in("sex", Sex), name="ck_cases_sex"),
         CheckConstraint(check_in("body_site", BodySite), name="ck_cases_body_site"),
         CheckConstraint(check_in("risk_tier", RiskTier), name="ck_cases_risk_tier"),
+        UniqueConstraint("gp_id", "external_ref", name="uq_cases_gp_external_ref"),
     )
 
 
@@ -183,6 +187,9 @@ class CaseImage(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     kind: Mapped[ImageKind] = mapped_column(Vocabulary(ImageKind))
+    # Where the image came from, for DICOM intake: {format, sop_class, dermoscopic, device};
+    # None for JPEG/PNG uploads. Never an identifier (services/dicom.py).
+    origin: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     case: Mapped[Case] = relationship(back_populates="images")
     predictions: Mapped[list["Prediction"]] = relationship(back_populates="image")

@@ -338,3 +338,46 @@ def review_body(**over) -> dict:
             "override_reason": "clinical features of BCC"}
     body.update(over)
     return body
+
+
+# --- DICOM ---------------------------------------------------------------------------------
+PATIENT_NAME, PATIENT_ID, BIRTH_DATE = "DOE^JANE", "NHS-943-476-5919", "19580214"
+
+
+def dicom_file(rgb: np.ndarray, sop: str = "1.2.840.10008.5.1.4.1.1.77.1.7", syntax: str = "explicit",
+               burned_in: bool = False, study_uid: str | None = None, accession: str = "ACC-1", **attrs) -> bytes:
+    """A DICOM Part 10 photograph as a device would send it, with a patient's name, identifier
+    and birth date in the header (what intake must not keep). ``syntax``: explicit (little
+    endian, uncompressed), jpeg (JPEG baseline) or any transfer syntax UID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = {"explicit": ExplicitVRLittleEndian, "jpeg": JPEGBaseline8Bit}.get(syntax, syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, BIRTH_DATE
+    ds.PatientAge, ds.PatientSex, ds.BodyPartExamined = "067Y", "F", "NOSE"
+    ds.Manufacturer, ds.ManufacturerModelName = "DermLite", "DL5"
+    ds.InstitutionName, ds.AccessionNumber, ds.Modality = "St Elsewhere Practice", accession, "XC"
+    ds.BurnedInAnnotation = "YES" if burned_in else "NO"
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 3, 8, 8, 7
+    ds.PixelRepresentation, ds.PlanarConfiguration = 0, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    if meta.TransferSyntaxUID == ExplicitVRLittleEndian:
+        ds.PhotometricInterpretation = "RGB"
+        ds.PixelData = np.ascontiguousarray(rgb, np.uint8).tobytes()
+    else:
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PixelData = encapsulate([encode(rgb, "JPEG", quality=95)])
+        ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -12,7 +12,7 @@ from flask import Flask
 from services.config import Settings
 from services.runtime import Runtime, build
 
-from . import api, errors, guards, health, pages
+from . import api, dicomweb, errors, guards, health, pages
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         SESSION_COOKIE_SECURE=rt.settings.env == "production",
     )
     app.extensions["dermatriage"] = rt
-    for init_app in (errors.init_app, guards.init_app, health.init_app, api.init_app, pages.init_app):
+    for init_app in (errors.init_app, guards.init_app, health.init_app, api.init_app, dicomweb.init_app,
+                     pages.init_app):
         init_app(app)
     return app

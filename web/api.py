@@ -32,7 +32,8 @@ def uploads_from_request() -> list[cases.Upload]:
     kinds = request.form.getlist("kinds")
     out = []
     for i, f in enumerate(files):
-        kind = kinds[i] if i < len(kinds) and kinds[i] else "dermoscopic"
+        # No kind given: a DICOM object's class decides, anything else is dermoscopic.
+        kind = kinds[i] if i < len(kinds) and kinds[i] else ""
         out.append(cases.Upload(f.filename or f"image {i}", f.read(), kind))
     return out
 

@@ -14,7 +14,8 @@ from services.errors import DermaTriageError
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return (request.path.startswith(("/api/", "/dicomweb/"))
+            or request.accept_mimetypes.best == "application/json")
 
 
 def render_error(status: int, code: str, message: str, field: str | None = None):

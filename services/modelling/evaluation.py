@@ -153,6 +153,9 @@ def evaluate_dataset(engine: Engine, samples, batch: int = 32, plots_dir=None, s
             if m.target in shares:
                 shares[m.target].append(m.numbers.lesion_share)
     out["lesion_share"] = {t: round(float(np.mean(v)), 4) for t, v in shares.items()}
+    # The scope gate's verdicts: how many of the folder's images it would read at all.
+    out["scope_verdicts"] = {v: sum(r.scope is not None and r.scope.verdict == v for _, r in rows)
+                             for v in sorted({r.scope.verdict for _, r in rows if r.scope is not None})}
     out["lesion_mask_methods"] = {m: sum(r.lesion_mask_method == m for _, r in rows)
                                   for m in sorted({r.lesion_mask_method for _, r in rows})}
     if plots_dir is not None:

@@ -140,3 +140,93 @@ def test_broker_down_costs_a_submission_nothing_and_health_says_degraded(full_st
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json["status"] == "degraded"
     assert health.json["checks"]["broker"].startswith("unreachable")
+
+
+def test_instant_check_gives_a_verdict_stores_nothing_and_is_rate_limited(embedded_stack, ham_jpegs):
+    from services import image_check
+    image_check._local.clear()
+    client = embedded_stack.app().test_client()
+    h = token_for(client, "gp1")
+    before = (counts(embedded_stack), stored_objects(embedded_stack))
+    r = client.post("/api/v1/images/check", data={"image": (io.BytesIO(ham_jpegs[0]), "a.jpg")},
+                    headers=h, content_type="multipart/form-data")
+    assert r.status_code == 200, r.json
+    assert r.json["verdict"] in ("dermoscopic", "clinical", "not_a_lesion", "not_skin", "unusable")
+    assert r.json["reason"] and isinstance(r.json["hints"], list) and r.json["elapsed_ms"] > 0
+    drawing = np.full((200, 200, 3), 255, np.uint8)
+    drawing[50:150, 90:110] = (20, 20, 200)
+    r = client.post("/api/v1/images/check", data={"image": (io.BytesIO(encode(drawing, "PNG")), "d.png")},
+                    headers=h, content_type="multipart/form-data")
+    assert r.json["verdict"] == "not_skin" and not r.json["applicable"] and r.json["hints"]
+    r = client.post("/api/v1/images/check", data={"image": (io.BytesIO(encode(drawing, "PNG")[:-20]), "t.png")},
+                    headers=h, content_type="multipart/form-data")
+    assert r.status_code == 200 and r.json["verdict"] == "unusable" and r.json["code"] == "corrupt"
+    r = client.post("/api/v1/images/check", data={}, headers=h, content_type="multipart/form-data")
+    assert r.status_code == 422 and r.json["field"] == "image"
+    assert (counts(embedded_stack), stored_objects(embedded_stack)) == before
+    derm = token_for(client, "derm1")
+    r = client.post("/api/v1/images/check", data={"image": (io.BytesIO(ham_jpegs[0]), "a.jpg")},
+                    headers=derm, content_type="multipart/form-data")
+    assert r.status_code == 403
+    import time
+    if time.time() % 60 > 45:            # the limit counts per clock minute: start a fresh one
+        time.sleep(61 - time.time() % 60)
+    image_check._local.clear()
+    statuses = [client.post("/api/v1/images/check", data={"image": (io.BytesIO(encode(drawing, "PNG")), "d.png")},
+                            headers=h, content_type="multipart/form-data").status_code for _ in range(30)]
+    assert statuses == [200] * 30
+    limited = client.post("/api/v1/images/check", data={"image": (io.BytesIO(encode(drawing, "PNG")), "d.png")},
+                          headers=h, content_type="multipart/form-data")
+    assert limited.status_code == 429 and "image checks a minute" in limited.json["message"]
+    assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_dicom_photographs_are_read_mapped_and_stored_without_identifiers(stack):
+    """A device's DICOM objects through the API: pixel data decoded (uncompressed and JPEG
+    baseline), age, sex and body site mapped into the case where the form leaves them out,
+    and what is stored carries no name, birth date or identifier."""
+    from services.modelling.synthetic import generate
+    from tests.factories import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, dicom_file
+
+    rgb = generate(2, seed=4, size=320).images
+    client = stack.app().test_client()
+    h = token_for(client, "gp1")
+    data = {"patient_pseudonym": "P-DICOM",
+            "images": [(io.BytesIO(dicom_file(rgb[0])), "derm.dcm"),
+                       (io.BytesIO(dicom_file(rgb[1], syntax="jpeg", sop="1.2.840.10008.5.1.4.1.1.77.1.4")),
+                        "overview.dcm")]}
+    r = client.post("/api/v1/cases", data=data, headers=h, content_type="multipart/form-data")
+    assert r.status_code == 201, r.json
+    view = client.get(f"/api/v1/cases/{r.json['id']}", headers=h).json
+    assert (view["age"], view["sex"], view["body_site"]) == (67, "female", "nose")
+    kinds = [(i["kind"], i["media_type"], i["origin"]["sop_class"]) for i in view["images"]]
+    assert kinds == [("dermoscopic", "image/png", "Dermoscopic Photography Image Storage"),
+                     ("clinical", "image/jpeg", "VL Photographic Image Storage")]
+    assert view["images"][0]["origin"]["device"] == "DermLite DL5"
+    for image in view["images"]:
+        stored = client.get(f"/api/v1/cases/{view['id']}/images/{image['id']}", headers=h).data
+        assert stored[128:132] != b"DICM"
+        for secret in (PATIENT_NAME, "DOE", PATIENT_ID, BIRTH_DATE, "St Elsewhere", "ACC-1"):
+            assert secret.encode() not in stored
+        assert Image.open(io.BytesIO(stored)).size == (320, 320)
+    assert PATIENT_NAME not in r.get_data(as_text=True) and PATIENT_NAME not in str(view)
+
+
+@pytest.mark.parametrize("make,status,says", [
+    (lambda rgb, f: f(rgb, syntax="1.2.840.10008.1.2.4.80"), 415, "JPEG-LS Lossless"),
+    (lambda rgb, f: f(rgb, sop="1.2.840.10008.5.1.4.1.1.7"), 415, "Secondary Capture"),
+    (lambda rgb, f: f(rgb, burned_in=True), 422, "burned-in annotation"),
+    (lambda rgb, f: f(rgb)[:400], 422, "DICOM"),
+])
+def test_dicom_that_cannot_be_read_is_refused_and_nothing_is_stored(embedded_stack, make, status, says):
+    from services.modelling.synthetic import generate
+    from tests.factories import dicom_file
+
+    client = embedded_stack.app().test_client()
+    h = token_for(client, "gp1")
+    before = (counts(embedded_stack), stored_objects(embedded_stack))
+    bad = make(generate(1, seed=4, size=128).images[0], dicom_file)
+    r = post_case(client, h, images=[("images", (io.BytesIO(bad), "x.dcm"))])
+    assert r.status_code == status, r.json
+    assert says in r.json["message"] and r.json["field"] == "images[0]"
+    assert (counts(embedded_stack), stored_objects(embedded_stack)) == before
