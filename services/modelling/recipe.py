@@ -95,13 +95,20 @@ class RealTrainConfig:
     # training sees lesions as served (None: as the copies are).
     ham_aspect: float | None = None
     # The scope gate (``scope_gate``): fitted on the same features against the shared
-    # clinical photographs (DermNet), where they are present.
+    # clinical photographs (DermNet), where they are present (not after stage 2: ``stage2``).
     scope_gate: bool = True
 
     def architecture(self) -> Architecture:
         return replace(IMAGENET_ARCH, diagnoses=DIAGNOSES, taps=self.taps, squares=True,
                        centre=self.centre, lesion=self.lesion, hidden=self.hidden, dropout=self.dropout,
-                       scope=self.scope_gate and clinical_photos() is not None)
+                       scope=self.scope_gate and not self.stage2 and clinical_photos() is not None)
+
+    @property
+    def stage2(self) -> bool:
+        """Whether the backbone is tuned after the cached features were taken. The scope gate is
+        fitted on those features, which a tuned backbone no longer produces, so such a build
+        gets no gate (its modality is then not assessed; fitting one after stage 2 is open work)."""
+        return bool(self.finetune_from or self.image_finetune)
 
 
 def clinical_photos():

@@ -15,6 +15,9 @@ from services.modelling import cached_finetune, datasets, features, readouts, re
 
 # With the lesion pooling (the default; explicit here, since the tests below rely on it).
 TINY = dict(limit=48, views=2, synthetic=16, epochs=2, low_epochs=1, folds=3, min_pattern_labels=2, lesion=True)
+# For builds whose test is about something else: the scope gate (its clinical photos' features
+# and five fits) is tested on the TINY model.
+QUICK = {**TINY, "scope_gate": False}
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +65,14 @@ def reviewed_folder(folder, n_positive: int, n_negative: int):
 
 def test_reviewed_labels_validate_the_patterns_they_cover(shared_ready, tmp_path):
     enough = reviewed_folder(tmp_path / "enough", 6, 6)
-    cfg = recipe.RealTrainConfig(**{**TINY, "extra_datasets": (str(enough),), "min_pattern_labels": 5})
+    cfg = recipe.RealTrainConfig(**{**QUICK, "extra_datasets": (str(enough),), "min_pattern_labels": 5})
     card = train.build_real(tmp_path / "m.pt", cfg, progress=False, log=lambda *_: None)
     assert card.validation["UL"] == recipe.VALIDATED
     assert card.evidence_patterns == [c for c in PATTERNS if card.validation[c] == recipe.VALIDATED]
     assert "UL" in card.evidence_patterns and "UL" in card.calibration and "UL" in card.metrics["out_of_fold"]
     assert "12 reviewed images" in card.training_data["per_target"]["UL"]
     few = reviewed_folder(tmp_path / "few", 3, 6)
-    cfg = recipe.RealTrainConfig(**{**TINY, "extra_datasets": (str(few),), "min_pattern_labels": 5})
+    cfg = recipe.RealTrainConfig(**{**QUICK, "extra_datasets": (str(few),), "min_pattern_labels": 5})
     card = train.build_real(tmp_path / "m2.pt", cfg, progress=False, log=lambda *_: None)
     assert card.validation["UL"] == recipe.NOT_VALIDATED and "UL" not in card.evidence_patterns
     assert "9 real labels" in card.training_data["per_target"]["UL"]
@@ -172,7 +175,7 @@ def test_stage_two_tunes_only_the_last_blocks_and_serves_what_it_trained_on(shar
     from services.diagnosis.network import BCCPatternNet
     from services.modelling.imagenet import SHARED_FILE, read_tflite
 
-    cfg = recipe.RealTrainConfig(**TINY, finetune_from=14)
+    cfg = recipe.RealTrainConfig(**QUICK, finetune_from=14)
     card = train.build_real(tmp_path / "tuned.pt", cfg, progress=False, log=lambda *_: None)
     assert card.metrics["training_config"]["finetune_from"] == 14
     again = train.build_real(tmp_path / "again.pt", cfg, progress=False, log=lambda *_: None)
@@ -300,7 +303,7 @@ def test_image_finetune_tunes_the_backbone_on_fresh_augmentations_and_serves_it(
     from services.modelling.image_finetune import AugmentedImages
     from services.modelling.imagenet import SHARED_FILE, read_tflite
 
-    cfg = recipe.RealTrainConfig(**{**TINY, "limit": 24}, image_finetune=True, image_epochs=1, image_batch=16,
+    cfg = recipe.RealTrainConfig(**{**QUICK, "limit": 24}, image_finetune=True, image_epochs=1, image_batch=16,
                                 image_from=14)
     path = tmp_path / "tuned.pt"
     card = train.build_real(path, cfg, progress=False, log=lambda *_: None)
