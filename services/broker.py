@@ -96,6 +96,20 @@ def ping(celery: Celery) -> None:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
 
 
+def analysis_workers(celery: Celery, timeout: float = 1.0) -> int | None:
+    """How many workers consume the analysis queue now, by Celery's own broadcast inspection
+    (``active_queues``); None where the transport has no broadcast (the embedded filesystem
+    broker) or nobody can be asked. A worker without a valid model stops consuming the queue
+    (workers/worker.py), so this counts the workers that can analyse."""
+    try:
+        replies = celery.control.inspect(timeout=timeout).active_queues()
+    except Exception:   # NotImplementedError on transports without fanout; connection errors
+        return None
+    if replies is None:
+        return 0
+    return sum(any(q.get("name") == ANALYSIS_QUEUE for q in queues or []) for queues in replies.values())
+
+
 class CeleryDispatcher:
     """The analysis dispatcher port (``Runtime.send_job``) backed by the broker."""
 

@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from . import db
 from .config import Settings
+
+CAPACITY_TTL_S = 10.0     # how long /healthz reuses its count of workers that can analyse
 from .storage import ObjectStore, StorageError, open_store
 
 Dispatcher = Callable[[str], None]
@@ -127,7 +129,23 @@ class Runtime:
             out["broker"] = "ok"
         except Exception as exc:  # any transport error: jobs wait in the outbox meanwhile
             out["broker"] = f"unreachable: {type(exc).__name__}"
+        if out["broker"] == "ok":
+            out["analysis_workers"] = self.analysis_capacity()
         return out
+
+    def analysis_capacity(self) -> str:
+        """"N" workers that can analyse (a valid model, consuming the analysis queue), "none",
+        or "unknown" where the broker cannot be asked (the embedded one). Asked at most every
+        ``CAPACITY_TTL_S`` seconds: the inspection broadcasts to every worker."""
+        from .broker import analysis_workers
+
+        now = time.monotonic()
+        cached = getattr(self, "_capacity", None)
+        if cached is None or now - cached[0] > CAPACITY_TTL_S:
+            n = analysis_workers(self.sender)
+            cached = (now, "unknown" if n is None else str(n) if n else "none")
+            self._capacity = cached
+        return cached[1]
 
 
 def build(settings: Settings | None = None, dispatcher: Dispatcher | None = None,

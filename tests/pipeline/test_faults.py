@@ -126,3 +126,33 @@ def test_a_worker_without_a_valid_model_takes_no_analysis_job_and_says_why_once(
     for log in ("alone.log", "mixed.log"):
         text = (tmp_path / log).read_text()
         assert text.count("takes no analysis jobs") == 1 and str(missing) in text
+
+
+def test_healthz_shows_when_no_worker_can_analyse(stack, tmp_path):
+    """Counted by Celery's broadcast inspection (Redis and the embedded filesystem broker
+    alike): a worker without a valid model stops consuming the analysis queue, so it does not
+    count."""
+    from services import runtime as runtime_module
+
+    full_stack = stack
+    runtime_module.CAPACITY_TTL_S = 0.0
+    client = full_stack.app().test_client()
+    missing = tmp_path / "no-such-model.pt"
+    broken = full_stack.start_worker(tmp_path / "broken.log", DERMATRIAGE_MODEL_PATH=str(missing))
+    try:
+        wait_until(lambda: "takes no analysis jobs" in (tmp_path / "broken.log").read_text(), timeout=60,
+                   what="the worker to say why")
+        wait_until(lambda: client.get("/healthz").json["checks"].get("analysis_workers") == "none",
+                   timeout=30, what="health to see no worker that can analyse")
+        health = client.get("/healthz").json
+        assert health["status"] == "degraded"
+        good = full_stack.start_worker(tmp_path / "good.log", queues="analysis")
+        try:
+            wait_until(lambda: client.get("/healthz").json["checks"].get("analysis_workers") == "1",
+                       timeout=60, what="health to see the worker that can analyse")
+            assert client.get("/healthz").json["status"] == "ok"
+        finally:
+            stop(good)
+    finally:
+        stop(broken)
+        runtime_module.CAPACITY_TTL_S = 10.0
