@@ -184,11 +184,7 @@ def evaluate(model_path: Path | None, n: int | None, dataset: Path | None, plots
     evaluation = building("services.modelling.evaluation")
     engine = load_engine(model_path or config.model_path(), device)
     if dataset is not None:
-        datasets = building("services.modelling.datasets")
-        try:
-            samples = datasets.load_dataset(dataset)[:limit]
-        except DermaTriageError as exc:
-            raise click.ClickException(exc.message) from exc
+        samples = _samples(dataset, limit)
         result = evaluation.evaluate_dataset(engine, samples, plots_dir=plots, seed=seed)
         click.echo(json.dumps(result, indent=2) if as_json else _real_summary(result))
         return
@@ -204,6 +200,15 @@ def evaluate(model_path: Path | None, n: int | None, dataset: Path | None, plots
     if a:
         click.echo(f"Grad-CAM inside {a['mean_inside']:.3f}  outside {a['mean_outside']:.3f}  "
                    f"pointing {a['pointing_game']:.3f}  relevance mass {a['relevance_mass']:.3f}")
+
+
+def _samples(dataset: Path, limit: int | None) -> list:
+    """A labelled folder's samples (``datasets.load_dataset``), its errors as CLI messages."""
+    datasets = building("services.modelling.datasets")
+    try:
+        return datasets.load_dataset(dataset)[:limit]
+    except DermaTriageError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 def _real_summary(result: dict) -> str:
@@ -244,11 +249,7 @@ def triage(model_path: Path | None, dataset: Path | None, limit: int | None, plo
                                    "build the real-image model with `dermatriage model build`")
     title = "out-of-fold"
     if dataset is not None:
-        datasets = building("services.modelling.datasets")
-        try:
-            samples = datasets.load_dataset(dataset)[:limit]
-        except DermaTriageError as exc:
-            raise click.ClickException(exc.message) from exc
+        samples = _samples(dataset, limit)
         section = fitting.on_dataset(engine, samples, section)
         if not section["images"]:
             raise click.ClickException(f"no image in {dataset} has a diagnosis among the model's classes")

@@ -55,6 +55,20 @@ def _tiers(p: np.ndarray, dx: np.ndarray, routine: float, urgent: float) -> dict
     return out
 
 
+def _curve(p: np.ndarray, dx: np.ndarray) -> dict:
+    """The workload-sensitivity curve: cases sent first in order of p, against the share of
+    melanomas and of malignant lesions among them."""
+    order = np.argsort(-p)
+    mel = (dx == DIAGNOSES.index("mel"))[order]
+    mal = np.isin(dx, [DIAGNOSES.index(c) for c in MALIGNANT])[order]
+    points = []
+    for share in np.linspace(0, 1, CURVE_POINTS):
+        n = int(round(share * len(p)))
+        points.append([round(float(share), 3), round(float(mel[:n].sum() / max(mel.sum(), 1)), 4),
+                       round(float(mal[:n].sum() / max(mal.sum(), 1)), 4)])
+    return {"columns": ["share_sent_first", "melanoma_sensitivity", "malignant_sensitivity"], "points": points}
+
+
 def _fit(p: np.ndarray, dx: np.ndarray, targets: dict) -> tuple[float, float]:
     mel = dx == DIAGNOSES.index("mel")
     malignant = np.isin(dx, [DIAGNOSES.index(c) for c in MALIGNANT])
@@ -106,14 +120,7 @@ def fit_triage(p_bcc: np.ndarray, p_dx: np.ndarray, dx: np.ndarray, targets: dic
     ci = {k: [round(float(np.quantile(v, 0.025)), 4), round(float(np.quantile(v, 0.975)), 4)]
           for k, v in draws.items()}
 
-    order = np.argsort(-p)
-    mel = (dx == DIAGNOSES.index("mel"))[order]
-    mal = malignant[order].astype(bool)
-    curve = []
-    for share in np.linspace(0, 1, CURVE_POINTS):
-        n = int(round(share * len(p)))
-        curve.append([round(float(share), 3), round(float(mel[:n].sum() / max(mel.sum(), 1)), 4),
-                      round(float(mal[:n].sum() / max(mal.sum(), 1)), 4)])
+    curve = _curve(p, dx)
     scores = np.array([served.score(v) for v in p])
     met = {"melanoma_urgent": achieved["urgent_sensitivity"]["mel"] >= targets["melanoma_urgent"],
            "malignant_seen": achieved["seen_sensitivity"]["malignant"] >= targets["malignant_seen"]}
@@ -129,8 +136,7 @@ def fit_triage(p_bcc: np.ndarray, p_dx: np.ndarray, dx: np.ndarray, targets: dic
         "met": met,
         "ordering_auc": {"malignancy_probability": auc_with_ci(malignant, p, seed=seed)["auc"],
                          "queue_neutral_answers": auc_with_ci(malignant, scores, seed=seed)["auc"]},
-        "curve": {"columns": ["share_sent_first", "melanoma_sensitivity", "malignant_sensitivity"],
-                  "points": curve},
+        "curve": curve,
         "validation": f"out-of-fold predictions of {len(p)} images with a diagnosis; Platt "
                       f"calibration; {BOOTSTRAP} bootstrap resamples with the thresholds refitted",
     }
@@ -158,18 +164,12 @@ def on_dataset(engine, samples, triage_section: dict, batch: int = 32, progress=
     malignant = np.isin(dx, [DIAGNOSES.index(c) for c in MALIGNANT])
     scores = np.array([served.score(v) for v in p])
     achieved = _tiers(p, dx, served.routine_at, served.urgent_at)
-    order = np.argsort(-p)
-    mel, mal = (dx == DIAGNOSES.index("mel"))[order], malignant[order]
-    curve = [[round(float(s), 3), round(float(mel[:int(round(s * len(p)))].sum() / max(mel.sum(), 1)), 4),
-              round(float(mal[:int(round(s * len(p)))].sum() / max(mal.sum(), 1)), 4)]
-             for s in np.linspace(0, 1, CURVE_POINTS)]
     return {"images": len(p), "refused_by_scope_gate": refused, "combination": served.combination,
             "targets": triage_section.get("targets", {}), "thresholds": triage_section["thresholds"],
             "figures": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in _flat(achieved).items()},
             "ordering_auc": {"malignancy_probability": auc_with_ci(malignant, p)["auc"],
                              "queue_neutral_answers": auc_with_ci(malignant, scores)["auc"]},
-            "curve": {"columns": ["share_sent_first", "melanoma_sensitivity", "malignant_sensitivity"],
-                      "points": curve}}
+            "curve": _curve(p, dx)}
 
 
 def report(section: dict) -> str:
