@@ -22,6 +22,7 @@ from .config import ANALYSIS_QUEUE, CPU_QUEUE, Settings
 
 ANALYSE_TASK = "dermatriage.analyse_job"      # analysis queue
 CHECKPOINT_TASK = "dermatriage.audit_checkpoint"  # cpu queue
+DELIVER_TASK = "dermatriage.deliver_notifications"  # cpu queue
 # Redis keeps one list per priority step (config.PRIORITY_STEPS) and serves the lowest first.
 URGENT_PRIORITY, NORMAL_PRIORITY = 0, 6
 
@@ -126,6 +127,11 @@ class CeleryDispatcher:
         """A re-send: taken before every job already waiting (Redis; the embedded
         filesystem transport has no priorities and keeps arrival order)."""
         self(job_id, URGENT_PRIORITY)
+
+
+def request_deliveries(celery: Celery) -> None:
+    """Ask a CPU worker to send the FHIR notifications that are due (after a review)."""
+    celery.send_task(DELIVER_TASK, queue=CPU_QUEUE, retry=False)
 
 
 def request_checkpoint(celery: Celery) -> None:

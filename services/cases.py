@@ -9,6 +9,7 @@ after the commit, and if the broker is down the sweeper sends it later.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -89,7 +90,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
     ``external_ref``: the sender's own reference for the referral; a second submission with the
     same reference from the same GP returns the first case and stores nothing."""
     permissions.require(gp, permissions.SUBMIT_CASES)
-    if external_ref is not None and (existing := _by_external_ref(rt, gp, external_ref)) is not None:
+    if external_ref is not None and (existing := by_external_ref(rt, gp, external_ref)) is not None:
         return existing
     facts = [dicom.facts(up.data) for up in uploads]
     fields = parse_case_fields(with_dicom_facts(form, [f for f in facts if f]))
@@ -129,7 +130,8 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
     try:
         with rt.sessions() as session, session.begin():
             case = Case(gp_id=gp.id, status=CaseStatus.RECEIVED, ai_available=True,
-                        needs_attention=False, external_ref=external_ref, **fields.__dict__)
+                        needs_attention=False, external_ref=external_ref,
+                        patient_key=patient_key(gp.id, fields.patient_pseudonym), **fields.__dict__)
             session.add(case)
             session.flush()
             for i, (img, up, key, f) in enumerate(zip(cleaned, uploads, keys, facts)):
@@ -142,7 +144,7 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
             job_id = job.id
     except IntegrityError:
         delete_quietly(rt, keys, "image object")
-        existing = None if external_ref is None else _by_external_ref(rt, gp, external_ref)
+        existing = None if external_ref is None else by_external_ref(rt, gp, external_ref)
         if existing is None:
             raise
         return existing          # the same referral, committed meanwhile by a concurrent request
@@ -155,7 +157,14 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
     return case
 
 
-def _by_external_ref(rt: Runtime, gp: User, ref: str) -> Case | None:
+def patient_key(gp_id: int, pseudonym: str) -> str:
+    """The id of the case's patient as FHIR readers see it (Patient/<key>): one per GP and
+    pseudonym, and not the pseudonym itself, which a URL would carry into access logs.
+    (Migration 0011 computes the same for the cases it found.)"""
+    return hashlib.sha256(f"{gp_id}\0{pseudonym}".encode()).hexdigest()[:32]
+
+
+def by_external_ref(rt: Runtime, gp: User, ref: str) -> Case | None:
     with rt.read() as session:
         return session.scalar(select(Case).where(Case.gp_id == gp.id, Case.external_ref == ref))
 

@@ -145,6 +145,9 @@ class Settings:
     checkpoint_log: Path | None = None
     audit_public_key_file: Path | None = None   # verifiers need only this (AUDIT_PUBLIC_KEY_FILE)
     checkpoint_interval_s: float = 300.0
+    # Where EHRs reach this service: the base of the links in FHIR notifications, which the
+    # workers send without a request to take the host from.
+    public_url: str = "http://localhost:5000/"
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
@@ -172,6 +175,7 @@ class Settings:
             checkpoint_interval_s=float(env.get("CHECKPOINT_INTERVAL_S", 300)),
             audit_public_key_file=(Path(env["AUDIT_PUBLIC_KEY_FILE"]) if env.get("AUDIT_PUBLIC_KEY_FILE")
                                    else None),
+            public_url=env.get("PUBLIC_URL", "http://localhost:5000/").rstrip("/") + "/",
         )
         settings.validate()
         return settings

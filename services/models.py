@@ -148,6 +148,9 @@ class Case(Base):
     # The sender's own reference for the referral (a DICOM study's accession number, later a
     # FHIR ServiceRequest identifier): the same referral sent twice by one GP is one case.
     external_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The FHIR Patient's id (services/fhir): a hash of the GP and the pseudonym, so an EHR finds
+    # every report of one patient of its own without the pseudonym appearing in a URL.
+    patient_key: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     images: Mapped[list["CaseImage"]] = relationship(back_populates="case", order_by="CaseImage.position")
@@ -162,6 +165,7 @@ class Case(Base):
         CheckConstraint(check_in("body_site", BodySite), name="ck_cases_body_site"),
         CheckConstraint(check_in("risk_tier", RiskTier), name="ck_cases_risk_tier"),
         UniqueConstraint("gp_id", "external_ref", name="uq_cases_gp_external_ref"),
+        Index("ix_cases_gp_patient", "gp_id", "patient_key"),
     )
 
 
@@ -380,3 +384,44 @@ class AuditVerification(Base):
     checkpoints_seen: Mapped[int] = mapped_column(Integer, default=0)   # checkpoint ids verified up to
     full: Mapped[bool] = mapped_column(Boolean)
     verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FhirSubscription(Base):
+    """An EHR's rest-hook (FHIR R5 Subscription on our one topic, services/subscriptions.py):
+    where to send, how much, and how many events it has had (the notification's event number)."""
+
+    __tablename__ = "fhir_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    endpoint: Mapped[str] = mapped_column(String(2000))
+    content: Mapped[str] = mapped_column(String(20))          # id-only | full-resource
+    status: Mapped[str] = mapped_column(String(20))           # active | off
+    events: Mapped[int] = mapped_column(Integer, default=0)   # eventsSinceSubscriptionStart
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FhirNotification(Base):
+    """One event for one subscription: the outbox row the workers deliver, retry with backoff
+    and mark delivered. Written in the transaction that makes the report final or amended."""
+
+    __tablename__ = "fhir_notifications"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("fhir_subscriptions.id"))
+    event_number: Mapped[int] = mapped_column(Integer)
+    case_id: Mapped[str] = mapped_column(String(32))
+    report_version: Mapped[int] = mapped_column(Integer)
+    report_status: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)   # null: done
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    gave_up_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_number", name="uq_fhir_notifications_event"),
+        Index("ix_fhir_notifications_due", "next_attempt_at"),
+    )

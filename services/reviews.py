@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, permissions
+from . import audit, permissions, subscriptions
 from .case_access import delete_quietly, fetch_object, mark_answer_seen, readable_case
 from .errors import Conflict, NotFound, Unavailable, ValidationError
 from .models import Case, ExplanationRecord, Prediction, Review, User, new_id, utcnow
@@ -190,6 +190,7 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
             agreed["regions"] = region_figures(maps[0], maps[1], decision.regions)
     regions = _store_regions(rt, review_id, decision.regions)
     now = utcnow()
+    notify = 0
     try:
         with rt.transaction() as session:
             case = session.get(Case, case_id, with_for_update=True)
@@ -234,6 +235,12 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
             if purpose == ReviewPurpose.CLINICAL:
                 case.status = CaseStatus.REVIEWED
                 case.answered_at = now
+                # The FHIR report's new version (received, analysed, then one per review) is
+                # final or amended: the EHRs' notifications leave with this commit.
+                reviews_so_far = session.scalar(select(func.count()).select_from(Review).where(
+                    Review.case_id == case_id, Review.purpose == ReviewPurpose.CLINICAL))
+                version = 1 + (case.queued_at is not None) + reviews_so_far   # this one included (autoflush)
+                notify = subscriptions.enqueue(session, case, version, "amended" if head else "final", now)
             session.flush()
             stored = session.get(Review, review_id)
             result = review_view(stored, user.username, rec.record_hash)
@@ -247,6 +254,8 @@ def record(rt: Runtime, user: User, case_id: str, body: Mapping, purpose: Review
     # A human decision is signed within seconds by a CPU worker, not at the next periodic
     # checkpoint: the window in which it could be rewritten unnoticed stays short.
     rt.request_checkpoint()
+    if purpose == ReviewPurpose.CLINICAL and notify:
+        rt.request_deliveries()
     return result
 
 

@@ -88,6 +88,17 @@ class Runtime:
         send = getattr(self.dispatcher, "urgent", None) if urgent else None
         (send or self.dispatcher)(job_id)
 
+    def request_deliveries(self) -> bool:
+        """Best effort: ask a CPU worker to send due FHIR notifications now (else the
+        periodic delivery sends them at the next sweep interval)."""
+        try:
+            from .broker import request_deliveries
+            request_deliveries(self.sender)
+            return True
+        except Exception as exc:  # any transport error: nothing is lost, only later
+            log.info("could not request notification delivery: %s", exc)
+            return False
+
     def request_checkpoint(self) -> bool:
         """Best effort: False when the broker cannot take the request (the periodic
         checkpoint signs the records a little later instead)."""

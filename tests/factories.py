@@ -381,3 +381,46 @@ def dicom_file(rgb: np.ndarray, sop: str = "1.2.840.10008.5.1.4.1.1.77.1.7", syn
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+# --- FHIR ----------------------------------------------------------------------------------
+def referral_bundle(images: list[bytes], identifier: str = "REF-1", media: str = "image/jpeg",
+                    birth_year: str = "1955", **patient_extra) -> dict:
+    """A referral as an EHR sends it: a transaction Bundle with a ServiceRequest, a
+    pseudonymous Patient and one DocumentReference per image (the first inline, the others
+    as Binary entries the attachment points at)."""
+    import base64
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:ehr:pseudonym", "value": "EHR-P-7"}],
+               "gender": "female", "birthDate": birth_year, **patient_extra}
+    entries = [
+        {"fullUrl": "urn:uuid:patient-1", "resource": patient, "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:referral-1", "request": {"method": "POST", "url": "ServiceRequest"}, "resource": {
+            "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+            "identifier": [{"system": "urn:ehr:referral", "value": identifier}],
+            "subject": {"reference": "urn:uuid:patient-1"},
+            "bodySite": [{"coding": [{"system": "https://fhir.dermatriage.org/CodeSystem/body-site",
+                                      "code": "nose"}]}],
+            "reason": [{"concept": {"coding": [{"system": "https://fhir.dermatriage.org/CodeSystem/red-flag",
+                                                "code": "bleeding"}]}}],
+            "note": [{"text": "Pearly papule, 6 months."}]}},
+    ]
+    for i, data in enumerate(images):
+        b64 = base64.b64encode(data).decode()
+        attachment = {"contentType": media, "title": f"lesion-{i}.jpg"}
+        if i == 0:
+            attachment["data"] = b64
+        else:
+            attachment["url"] = f"urn:uuid:binary-{i}"
+            entries.append({"fullUrl": f"urn:uuid:binary-{i}", "request": {"method": "POST", "url": "Binary"},
+                            "resource": {"resourceType": "Binary", "contentType": media, "data": b64}})
+        entries.append({"fullUrl": f"urn:uuid:doc-{i}", "request": {"method": "POST", "url": "DocumentReference"},
+                        "resource": {"resourceType": "DocumentReference", "status": "current",
+                                     "subject": {"reference": "urn:uuid:patient-1"},
+                                     "content": [{"attachment": attachment}]}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def fhir_post(client, headers, body, path: str = "/fhir"):
+    import json
+    return client.post(path, data=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                       headers={**headers, "Content-Type": "application/fhir+json"})

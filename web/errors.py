@@ -7,10 +7,14 @@ given the same shape.
 
 from __future__ import annotations
 
-from flask import Flask, current_app, jsonify, render_template, request
+import json
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from services.errors import DermaTriageError
+from services.fhir import FHIR_JSON
+from services.fhir.errors import outcome
 
 
 def wants_json() -> bool:
@@ -18,7 +22,14 @@ def wants_json() -> bool:
             or request.accept_mimetypes.best == "application/json")
 
 
+def is_fhir() -> bool:
+    return request.path == "/fhir" or request.path.startswith("/fhir/")
+
+
 def render_error(status: int, code: str, message: str, field: str | None = None):
+    if is_fhir():
+        # FHIR clients read an OperationOutcome; ``expression`` names the element at fault.
+        return Response(json.dumps(outcome(status, message, field)), status=status, mimetype=FHIR_JSON), status
     if wants_json():
         body = {"error": code, "message": message}
         if field:
@@ -29,10 +40,10 @@ def render_error(status: int, code: str, message: str, field: str | None = None)
 
 def _http_message(exc: HTTPException) -> tuple[str, str]:
     if exc.code == 404:
-        return "not_found", (f"no such resource {request.path}" if wants_json() else "page not found")
+        return "not_found", (f"no such resource {request.path}" if wants_json() or is_fhir() else "page not found")
     if exc.code == 405:
         return "method_not_allowed", (f"{request.method} is not allowed on {request.path}"
-                                      if wants_json() else "method not allowed")
+                                      if wants_json() or is_fhir() else "method not allowed")
     if exc.code == 413:
         limit = current_app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
         return "too_large", (f"the images are larger than {limit} MB in all; "

@@ -5,7 +5,9 @@
 - JSON nested deeper than any of our bodies (MAX_JSON_DEPTH) is refused, as is JSON that
   does not parse, instead of failing inside the parser.
 - Every page carries a Content-Security-Policy (our own scripts and styles only; no
-  framing); every response nosniff, no referrer, no framing; patient data is never cached (Cache-Control: no-store on
+  framing), every JSON response (API, FHIR, DICOMweb) ``frame-ancestors 'none'``; every
+  response a Permissions-Policy denying the browser features we never use, nosniff, no
+  referrer, no framing; patient data is never cached (Cache-Control: no-store on
   everything but the static files); HSTS in production.
 """
 
@@ -20,8 +22,14 @@ from .errors import render_error
 
 MAX_JSON_DEPTH = 8
 MAX_JSON_BYTES = 12_000_000     # seven region masks of at most 1 MB each, base64, and text
+# FHIR resources nest deeper (Bundle.entry.resource.reason.concept.coding is 9 levels) and a
+# referral carries its images inline: only the request limit (MAX_CONTENT_LENGTH) bounds it.
+MAX_FHIR_DEPTH = 16
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
+# No page or API of ours uses these; a page injected into ours could not either.
+PERMISSIONS_POLICY = ("camera=(), microphone=(), geolocation=(), payment=(), usb=(), serial=(), "
+                      "bluetooth=(), midi=(), display-capture=()")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
@@ -42,15 +50,17 @@ def _json_problem() -> tuple[str, str] | None:
     raw = request.get_data(cache=True, as_text=True)
     if not raw.strip():
         return None
-    if len(raw) > MAX_JSON_BYTES:
+    fhir = request.path.startswith("/fhir")
+    max_depth = MAX_FHIR_DEPTH if fhir else MAX_JSON_DEPTH
+    if len(raw) > MAX_JSON_BYTES and not fhir:
         return "body", f"the JSON body is larger than {MAX_JSON_BYTES // 1_000_000} MB"
     # Depth by brackets before parsing: Python's parser would recurse on 100,000 of them.
     # Strings are cut out first (a bracket inside a string does not nest).
     depth = 0
     for ch in _BRACKETS.findall(_STRINGS.sub("", raw)):
         depth += 1 if ch in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            return "body", f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep"
+        if depth > max_depth:
+            return "body", f"the JSON body is nested more than {max_depth} levels deep"
     try:
         body = json.loads(raw)
     except ValueError:
@@ -88,6 +98,10 @@ def init_app(app: Flask) -> None:
             # Pages only: an image opened on its own is shown by the browser's own viewer page,
             # whose inline styles a policy would block (and an image runs nothing anyway).
             response.headers.setdefault("Content-Security-Policy", CSP)
+        elif response.mimetype.endswith("json"):
+            # JSON, FHIR and DICOM JSON: never framed (the older X-Frame-Options says the same).
+            response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+        response.headers["Permissions-Policy"] = PERMISSIONS_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"

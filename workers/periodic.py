@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from services import checkpoints, jobs
+from services import checkpoints, deliveries, jobs
 from services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ class Periodic:
 PERIODIC = (
     Periodic("outbox sweep", lambda rt: rt.settings.sweep_interval_s, jobs.sweep),
     Periodic("audit checkpoint", lambda rt: rt.settings.checkpoint_interval_s, checkpoints.periodic_checkpoint),
+    # FHIR rest-hook notifications: retries with backoff happen here (each row says when).
+    Periodic("notification delivery", lambda rt: rt.settings.sweep_interval_s, deliveries.deliver_due),
 )
 
 

@@ -1,8 +1,9 @@
 """The tasks, registered on a worker's Celery application, one per queue.
 
 - analysis queue (GPU workers): ``analyse_job``, the model's work and nothing else;
-- cpu queue: ``audit_checkpoint``, which the web requests after a human decision (the
-  periodic jobs of services/ also run in workers of this queue, workers/periodic.py).
+- cpu queue: ``audit_checkpoint`` and ``deliver_notifications``, which the web requests
+  after a human decision (the periodic jobs of services/ also run in workers of this
+  queue, workers/periodic.py).
 
 Tasks are closures over the worker's runtime rather than module-level ``shared_task``s: the
 runtime is built once per process by the entry point (workers/worker.py), and the web never
@@ -15,8 +16,8 @@ import logging
 
 from celery import Celery
 
-from services import analysis, checkpoints
-from services.broker import ANALYSE_TASK, CHECKPOINT_TASK
+from services import analysis, checkpoints, deliveries
+from services.broker import ANALYSE_TASK, CHECKPOINT_TASK, DELIVER_TASK
 from services.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,3 +47,8 @@ def register(celery: Celery, rt: Runtime) -> None:
         # Idempotent and cheap when nothing is new (skipped); a lost request only means the
         # periodic checkpoint signs these records instead.
         return checkpoints.periodic_checkpoint(rt)
+
+    @celery.task(name=DELIVER_TASK, ignore_result=True)
+    def deliver_notifications() -> dict:
+        # Claims what it sends (services/deliveries.py): safe beside the periodic delivery.
+        return deliveries.deliver_due(rt)

@@ -18,6 +18,7 @@ retain_freed_memory()
 import click  # noqa: E402
 
 from .bench import bench  # noqa: E402
+from .fhir import fhir  # noqa: E402
 from .labels import labels  # noqa: E402
 from .model import model  # noqa: E402
 from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
@@ -27,7 +28,7 @@ from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
 # newcomer meets them.
 SECTIONS = (
     ("Run the product", (run, web, worker, health, db)),
-    ("Cases and analysis", (jobs,)),
+    ("Cases and analysis", (jobs, fhir)),
     ("Models", (model,)),
     ("Labelling", (labels,)),
     ("Audit", (audit,)),
