@@ -49,6 +49,22 @@ API = [
     ("GET", "/api/v1/monitoring", {"gp1": 403, "gp2": 403, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
     ("GET", "/api/v1/audit/access", {"gp1": 403, "gp2": 403, "derm1": 403, "auditor1": 200, "admin1": 403, None: 401}),
     ("GET", "/healthz", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 200}),
+    # FHIR (errors are OperationOutcomes) and DICOMweb
+    ("GET", "/fhir/metadata", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 200}),
+    ("POST", "/fhir", {"gp1": 400, "gp2": 400, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
+    ("GET", "/fhir/DiagnosticReport/{case}", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/DiagnosticReport/{case}/_history", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/DiagnosticReport/{case}/_history/1", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/DiagnosticReport?based-on=ServiceRequest/{case}", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/Provenance?target=DiagnosticReport/{case}", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/Provenance/{case}-1", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/ServiceRequest/{case}", {"gp1": 200, "gp2": 404, "derm1": 200, "auditor1": 200, "admin1": 403, None: 401}),
+    ("GET", "/fhir/Patient/nope", {"gp1": 404, "gp2": 404, "derm1": 404, "auditor1": 404, "admin1": 403, None: 401}),
+    ("POST", "/fhir/Subscription", {"gp1": 400, "gp2": 400, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
+    ("GET", "/fhir/Subscription", {"gp1": 200, "gp2": 200, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
+    ("GET", "/fhir/Subscription/nope", {"gp1": 404, "gp2": 404, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
+    ("DELETE", "/fhir/Subscription/nope", {"gp1": 404, "gp2": 404, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
+    ("POST", "/dicomweb/studies", {"gp1": 422, "gp2": 422, "derm1": 403, "auditor1": 403, "admin1": 403, None: 401}),
     # last: it ends the caller's tokens
     ("POST", "/api/v1/auth/logout", {"gp1": 200, "gp2": 200, "derm1": 200, "auditor1": 200, "admin1": 200, None: 401}),
 ]
@@ -65,8 +81,15 @@ def test_every_api_endpoint_for_every_role(world):
             else:
                 r = client.open(url, method=method, headers=h)
             assert r.status_code == expected[who], (method, url, who, r.status_code, r.get_data(as_text=True)[:200])
-            if r.status_code >= 400:
+            if r.status_code >= 400 and url.startswith("/fhir"):
+                assert r.mimetype == "application/fhir+json" and r.json["issue"][0]["diagnostics"], (url, who)
+            elif r.status_code >= 400:
                 assert r.is_json and r.json["message"], (url, who)
+            # the pages' security headers on every response, and no framing of any JSON
+            assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Permissions-Policy"]
+            assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Referrer-Policy"] == "no-referrer"
+            if r.mimetype.endswith("json"):
+                assert r.headers["Content-Security-Policy"] == "frame-ancestors 'none'", (url, r.mimetype)
 
 
 def test_claim_twice_is_a_conflict(world):
@@ -100,7 +123,11 @@ def test_every_page_for_every_role(world):
         anon = app.test_client().get(url)
         assert anon.status_code == 302 and "/login" in anon.headers["Location"]
         for who, status in expected.items():
-            assert login(app, who).get(url).status_code == status, (url, who)
+            r = login(app, who).get(url)
+            assert r.status_code == status, (url, who)
+            assert r.headers["Permissions-Policy"] and r.headers["X-Frame-Options"] == "DENY"
+            if r.mimetype == "text/html":
+                assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
 
 
 def test_forms_without_csrf_token_are_refused(world):
