@@ -89,9 +89,17 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
 
     ``external_ref``: the sender's own reference for the referral; a second submission with the
     same reference from the same GP returns the first case and stores nothing."""
+    return submit_referral(rt, gp, form, uploads, external_ref)[0]
+
+
+def submit_referral(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
+                    external_ref: str | None = None) -> tuple[Case, bool]:
+    """``submit_case``, and whether this call created the case (False: the same referral).
+
+    A repeat is found by the unique (GP, external_ref) constraint at commit, not by a query
+    first: repeats are rare (a sender's retry), so the common path saves a round trip and
+    a repeat pays for writing and removing its images again."""
     permissions.require(gp, permissions.SUBMIT_CASES)
-    if external_ref is not None and (existing := by_external_ref(rt, gp, external_ref)) is not None:
-        return existing
     facts = [dicom.facts(up.data) for up in uploads]
     fields = parse_case_fields(with_dicom_facts(form, [f for f in facts if f]))
     uploads = [replace(up, kind=up.kind or (ImageKind.DERMOSCOPIC if f is None or f.dermoscopic
@@ -147,14 +155,14 @@ def submit_case(rt: Runtime, gp: User, form: Mapping, uploads: list[Upload],
         existing = None if external_ref is None else by_external_ref(rt, gp, external_ref)
         if existing is None:
             raise
-        return existing          # the same referral, committed meanwhile by a concurrent request
+        return existing, False   # the same referral, committed meanwhile by a concurrent request
     except SQLAlchemyError as exc:
         delete_quietly(rt, keys, "image object")
         log.error("case intake failed in the database: %s", exc)
         raise Unavailable("the database is unavailable; the case was not saved, please retry") from exc
 
     jobs.dispatch(rt, job_id)
-    return case
+    return case, True
 
 
 def patient_key(gp_id: int, pseudonym: str) -> str:

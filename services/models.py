@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 
 from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer,
-                        String, Text, UniqueConstraint, Index, TypeDecorator, text)
+                        String, Text, UniqueConstraint, Index, TypeDecorator, func, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from .vocabulary import (QUEUED_STATUSES, BodySite, CaseStatus, Diagnosis, ImageKind, JobStatus,
@@ -165,7 +165,9 @@ class Case(Base):
         CheckConstraint(check_in("body_site", BodySite), name="ck_cases_body_site"),
         CheckConstraint(check_in("risk_tier", RiskTier), name="ck_cases_risk_tier"),
         UniqueConstraint("gp_id", "external_ref", name="uq_cases_gp_external_ref"),
-        Index("ix_cases_gp_patient", "gp_id", "patient_key"),
+        Index("ix_cases_patient", "patient_key"),
+        # FHIR searches list reports newest change first (services/fhir/read.py, LAST_UPDATED).
+        Index("ix_cases_last_updated", func.coalesce(text("answered_at"), text("queued_at"), text("created_at"))),
     )
 
 

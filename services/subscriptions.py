@@ -32,15 +32,18 @@ CHANNEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscription-channel-typ
 
 
 def valid(model, body: dict) -> dict:
-    return model.model_validate(body).model_dump(mode="json", exclude_none=True)
+    model.model_validate(body)
+    return body
 
 
 # --- the Subscription resource ------------------------------------------------------------
 def resource(sub: FhirSubscription) -> dict:
-    return valid(Subscription, {
-        "resourceType": "Subscription", "id": sub.id, "status": sub.status, "name": sub.name or None,
-        "topic": codes.TOPIC, "channelType": {"system": CHANNEL_SYSTEM, "code": REST_HOOK},
-        "endpoint": sub.endpoint, "content": sub.content, "contentType": "application/fhir+json"})
+    body = {"resourceType": "Subscription", "id": sub.id, "status": sub.status, "topic": codes.TOPIC,
+            "channelType": {"system": CHANNEL_SYSTEM, "code": REST_HOOK}, "endpoint": sub.endpoint,
+            "content": sub.content, "contentType": "application/fhir+json"}
+    if sub.name:
+        body["name"] = sub.name
+    return valid(Subscription, body)
 
 
 def create(rt: Runtime, user: User, body, production: bool) -> dict:

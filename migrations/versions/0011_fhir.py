@@ -22,7 +22,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("cases") as batch:
         batch.add_column(sa.Column("patient_key", sa.String(32), nullable=True))
-        batch.create_index("ix_cases_gp_patient", ["gp_id", "patient_key"])
+        batch.create_index("ix_cases_patient", ["patient_key"])
     bind = op.get_bind()
     cases = sa.table("cases", sa.column("id", sa.String), sa.column("gp_id", sa.Integer),
                      sa.column("patient_pseudonym", sa.String), sa.column("patient_key", sa.String))
@@ -30,6 +30,8 @@ def upgrade() -> None:
                                                             cases.c.patient_pseudonym)).all():
         key = hashlib.sha256(f"{gp_id}\0{pseudonym}".encode()).hexdigest()[:32]
         bind.execute(cases.update().where(cases.c.id == case_id).values(patient_key=key))
+    op.create_index("ix_cases_last_updated", "cases",
+                    [sa.func.coalesce(sa.text("answered_at"), sa.text("queued_at"), sa.text("created_at"))])
     op.create_table(
         "fhir_subscriptions",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -64,6 +66,7 @@ def downgrade() -> None:
     op.drop_index("ix_fhir_notifications_due", "fhir_notifications")
     op.drop_table("fhir_notifications")
     op.drop_table("fhir_subscriptions")
+    op.drop_index("ix_cases_last_updated", "cases")
     with op.batch_alter_table("cases") as batch:
-        batch.drop_index("ix_cases_gp_patient")
+        batch.drop_index("ix_cases_patient")
         batch.drop_column("patient_key")

@@ -137,6 +137,21 @@ def audit(n: int, postgres_admin_url: str) -> None:
     click.echo(json.dumps(audit_bench.bench_audit(n, postgres_admin_url), indent=2))
 
 
+@bench.command("fhir")
+@click.option("--referrals", "n", type=click.IntRange(2, 10_000), default=40, show_default=True,
+              help="Referrals sent each way (FHIR Bundle and JSON API), alternately, same images.")
+@click.option("--cases", type=click.IntRange(100, 10_000_000), default=100_000, show_default=True,
+              help="Analysed cases seeded beside them before the report reads.")
+@click.option("--reads", type=click.IntRange(10, 100_000), default=300, show_default=True)
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+def fhir(n: int, cases: int, reads: int, postgres_admin_url: str) -> None:
+    """Referrals/s through /fhir against the JSON API (fhir_over_api), and report read p95
+    among CASES seeded cases, through the real web server (JSON)."""
+    from services.bench.fhir import bench_fhir
+    click.echo(json.dumps(bench_fhir(n, cases, reads, _shared_data(), postgres_admin_url), indent=2))
+
+
 @bench.command("build")
 @click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
               help="Images per data set in the reduced build.")

@@ -9,6 +9,7 @@ from typing import Iterable
 
 from fhir.resources.bundle import Bundle
 from sqlalchemy import and_, exists, func, not_, or_, select
+from sqlalchemy.orm import selectinload
 
 from .. import permissions
 from ..case_access import readable_case
@@ -179,8 +180,9 @@ def search_reports(rt: Runtime, user: User, args: list[tuple[str, str]], base_ur
             offset = _whole("_offset", value, 0, 10_000_000)
     with rt.read() as session:
         total = session.scalar(select(func.count()).select_from(query.subquery()))
-        cases = session.scalars(query.order_by(LAST_UPDATED.desc(), Case.id).offset(offset).limit(count)).all()
-        items = [rp.report(rp.load(session, c), None, base_url) for c in cases]
+        cases = session.scalars(query.options(selectinload(Case.images)).order_by(LAST_UPDATED.desc(), Case.id)
+                                .offset(offset).limit(count)).all()
+        items = [rp.report(f, None, base_url) for f in rp.load_many(session, list(cases))]
     kept = [(k, v) for k, v in args if k not in ("_count", "_offset")]
     return searchset(items, f"{base_url}fhir/DiagnosticReport", total, base_url, "DiagnosticReport", kept,
                       offset, count)

@@ -214,9 +214,8 @@ def submit(rt: Runtime, gp: User, body) -> tuple[bool, dict, str]:
     form, external, si = form_of(entries)
     _, patient = _one(entries, "Patient")
     uploads, where = uploads_of(entries, patient)
-    existed = cases.by_external_ref(rt, gp, external) is not None
     try:
-        case = cases.submit_case(rt, gp, form, uploads, external_ref=external)
+        case, created = cases.submit_referral(rt, gp, form, uploads, external_ref=external)
     except ValidationError as exc:
         field = exc.field or ""
         if field.startswith("images[") and field[7:-1].isdigit() and int(field[7:-1]) < len(where):
@@ -229,9 +228,9 @@ def submit(rt: Runtime, gp: User, body) -> tuple[bool, dict, str]:
         kind = e["resource"]["resourceType"]
         location = {"ServiceRequest": f"ServiceRequest/{case.id}/_history/1",
                     "Patient": f"Patient/{case.patient_key}"}.get(kind)
-        item = {"status": "200 OK" if existed else "201 Created"}
+        item = {"status": "201 Created" if created else "200 OK"}
         if location:
             item["location"] = location
         response.append({"response": item})
-    return not existed, valid(Bundle, {"resourceType": "Bundle", "type": "transaction-response",
+    return created, valid(Bundle, {"resourceType": "Bundle", "type": "transaction-response",
                                        "entry": response}), case.id

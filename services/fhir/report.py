@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from ..diagnosis.patterns import PATTERN_NAMES, PATTERNS
 from ..models import AnalysisJob, Case, ExplanationRecord, Prediction, Review, User
-from ..reviews import primary_prediction
 from ..vocabulary import DIAGNOSIS_NAMES, MANAGEMENT_NAMES, JobStatus, ReviewPurpose
 from . import codes
 from .codes import concept, diagnosis_concept, probability
@@ -53,24 +52,49 @@ class CaseFacts:
 
 
 def load(session: Session, case: Case) -> CaseFacts:
-    preds = session.scalars(select(Prediction).where(Prediction.case_id == case.id)
-                            .order_by(Prediction.created_at)).all()
-    rows = session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id).where(
-        Review.case_id == case.id, Review.purpose == ReviewPurpose.CLINICAL)
-        .order_by(Review.created_at, Review.record_seq)).all()
-    records = {}
-    for pred_id, review_id, digest in session.execute(select(
-            ExplanationRecord.prediction_id, ExplanationRecord.review_id, ExplanationRecord.record_hash)
-            .where(ExplanationRecord.case_id == case.id)):
-        records[pred_id or review_id] = digest
-    failure = None
-    if not preds and case.queued_at is not None:
-        failure = session.scalar(select(AnalysisJob.last_error).where(
-            AnalysisJob.case_id == case.id, AnalysisJob.status == JobStatus.FAILED)
-            .order_by(AnalysisJob.created_at.desc()).limit(1)) or "the analysis failed"
-    gp = session.scalar(select(User.username).where(User.id == case.gp_id)) or "?"
-    return CaseFacts(case, gp, list(preds), primary_prediction(session, case) if preds else None,
-                     [(r, name) for r, name in rows], records, failure)
+    return load_many(session, [case])[0]
+
+
+def load_many(session: Session, cases: list[Case]) -> list[CaseFacts]:
+    """The rows behind each case's report, in a fixed number of queries for a whole page."""
+    ids = [c.id for c in cases]
+    if not ids:
+        return []
+    preds: dict[str, list[Prediction]] = {i: [] for i in ids}
+    for p in session.scalars(select(Prediction).where(Prediction.case_id.in_(ids)).order_by(Prediction.created_at)):
+        preds[p.case_id].append(p)
+    reviews: dict[str, list] = {i: [] for i in ids}
+    for r, name in session.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id).where(
+            Review.case_id.in_(ids), Review.purpose == ReviewPurpose.CLINICAL)
+            .order_by(Review.created_at, Review.record_seq)):
+        reviews[r.case_id].append((r, name))
+    records: dict[str, dict[str, str]] = {i: {} for i in ids}
+    for case_id, pred_id, review_id, digest in session.execute(select(
+            ExplanationRecord.case_id, ExplanationRecord.prediction_id, ExplanationRecord.review_id,
+            ExplanationRecord.record_hash).where(ExplanationRecord.case_id.in_(ids))):
+        records[case_id][pred_id or review_id] = digest
+    failed = [c.id for c in cases if not preds[c.id] and c.queued_at is not None]
+    failures: dict[str, str] = {}
+    if failed:
+        for case_id, error in session.execute(select(AnalysisJob.case_id, AnalysisJob.last_error).where(
+                AnalysisJob.case_id.in_(failed), AnalysisJob.status == JobStatus.FAILED)
+                .order_by(AnalysisJob.created_at)):
+            failures[case_id] = error or "the analysis failed"
+    gps = dict(session.execute(select(User.id, User.username).where(User.id.in_({c.gp_id for c in cases}))).all())
+    out = []
+    for c in cases:
+        out.append(CaseFacts(c, gps.get(c.gp_id, "?"), preds[c.id], _primary(c, preds[c.id]), reviews[c.id],
+                             records[c.id], failures.get(c.id, "the analysis failed") if c.id in failed else None))
+    return out
+
+
+def _primary(case: Case, preds: list[Prediction]) -> Prediction | None:
+    """The AI answer the report states: as reviews.primary_prediction (the newest prediction
+    of the case's first analysed image), from rows already loaded."""
+    if not preds:
+        return None
+    position = {i.id: i.position for i in case.images}
+    return min(preds, key=lambda p: (position.get(p.image_id, 99), -p.created_at.timestamp()))
 
 
 def timeline(f: CaseFacts) -> list[Version]:
@@ -332,5 +356,7 @@ def service_request(f: CaseFacts) -> dict:
 
 
 def valid(model, body: dict) -> dict:
-    """Through the R5 model and back: what we emit is what fhir.resources accepts."""
-    return model.model_validate(body).model_dump(mode="json", exclude_none=True)
+    """What we emit is what fhir.resources' R5 model accepts: the body is validated and then
+    sent as built (the model's own JSON serialiser doubled a report's cost, 7 ms of 14)."""
+    model.model_validate(body)
+    return body

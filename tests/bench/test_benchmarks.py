@@ -38,3 +38,16 @@ def test_bench_pipeline_reports_live_and_backlog_against_the_engine(tmp_path, ha
         assert r[phase]["cases_per_s"] > 0
         assert r[phase]["over_engine"] == round(r[phase]["cases_per_s"] / out["engine_images_per_s"], 3)
     assert r["live"]["latency_p95_s"] >= r["live"]["latency_p50_s"] > 0
+
+
+def test_bench_fhir_sends_both_ways_and_reads_among_seeded_cases(postgres_url, ham_dir):
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/test"
+    result = CliRunner().invoke(main, ["bench", "fhir", "--referrals", "3", "--cases", "300", "--reads", "10",
+                                       "--postgres-admin-url", admin_url])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["referral_latency"]["fhir"]["n"] == out["referral_latency"]["api"]["n"] == 3
+    assert out["fhir_over_api"] > 0 and out["seeded_cases"] == 300
+    assert set(out["read_latency"]) == {"fhir_report", "api_case", "fhir_report_again", "search_by_patient",
+                                        "search_by_status_page"}
+    assert all(v["n"] == 10 and v["p95_ms"] > 0 for v in out["read_latency"].values())
