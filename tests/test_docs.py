@@ -128,10 +128,12 @@ def placeholders(path: str) -> str:
 
 
 def api_paths(text: str) -> list[str]:
-    """``/api/v1/...`` paths, and ``…/...`` ones that abbreviate a route's beginning."""
+    """``/api/v1/...``, ``/fhir/...`` and ``/dicomweb/...`` paths, and ``…/...`` ones that
+    abbreviate a route's beginning."""
     paths = []
     for snippet in snippets(text):
-        for path in re.findall(r"(?:/api/v1|(?<![\w:/])…)/[^\s`?\"'\[,]*", snippet):
+        for path in re.findall(r"(?:/api/v1|(?<![\w:/.$])/(?:fhir|dicomweb)(?=[/\s`?]|$)|(?<![\w:/])…)/?[^\s`?\"'\[,]*",
+                               snippet):
             paths.append(path.rstrip("/.:)"))
     return paths
 

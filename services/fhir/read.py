@@ -99,7 +99,8 @@ def search_provenance(rt: Runtime, user: User, args: list[tuple[str, str]], base
         items = provenances(rt, user, case_id)
     except NotFound:
         items = []
-    return searchset(items, f"{base_url}fhir/Provenance", len(items), base_url, "Provenance", [], 0, len(items) or 1)
+    return searchset(items, f"{base_url}fhir/Provenance", len(items), base_url, "Provenance",
+                     [("target", targets[0])], 0, max(1, len(items)))
 
 
 def read_service_request(rt: Runtime, user: User, case_id: str) -> dict:

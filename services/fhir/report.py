@@ -274,6 +274,8 @@ def report(f: CaseFacts, version: Version | None = None, base_url: str = "") -> 
         if pred is not None and pred.in_scope and pred.diagnosis_probabilities:
             top = max(pred.diagnosis_probabilities, key=pred.diagnosis_probabilities.get)
             body["conclusionCode"] = [diagnosis_concept(top)]
+        elif pred is not None and pred.in_scope and pred.diagnosis == "BCC":
+            body["conclusionCode"] = [diagnosis_concept("bcc")]     # a model with the BCC head only
     if notes:
         body["note"] = [{k: v for k, v in n.items() if v is not None} for n in notes]
     if contained:
