@@ -30,6 +30,19 @@ def record(rt: Runtime, user: User | None, action: AccessAction, client: str, ca
                           client=(client or "?")[:64]))
 
 
+def record_many(rt: Runtime, user: User, action: AccessAction, client: str, case_ids: list[str],
+                subject: str) -> None:
+    """One row per case a single request read (a FHIR search returns many reports), in one
+    transaction."""
+    if not case_ids:
+        return
+    now = utcnow()
+    with rt.transaction() as s:
+        s.add_all([AccessEvent(at=now, user_id=user.id, username=user.username[:80], role=user.role.value,
+                               action=action.value, case_id=case_id, subject=subject[:200],
+                               client=(client or "?")[:64]) for case_id in case_ids])
+
+
 def query(rt: Runtime, auditor: User | None, case_id: str | None = None, username: str | None = None,
           since: datetime | None = None, limit: int = 200) -> list[dict]:
     """Newest first; filter by case, by user, from a time."""

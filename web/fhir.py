@@ -10,12 +10,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from flask import Blueprint, Flask, Response, g, request
 
-from services import permissions, subscriptions, users
+from services import access, permissions, subscriptions, users
 from services.errors import Forbidden, Unauthorized
 from services.fhir import FHIR_JSON, capability, read, referral
 from services.vocabulary import AccessAction
 
-from .auth import _roles, logged, page_user, runtime
+from .auth import _roles, client_address, logged, page_user, runtime
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
@@ -110,11 +110,16 @@ def report_history(case_id: str):
 @bp.get("/DiagnosticReport")
 @fhir_user(permissions.READ_CASES)
 def search_reports():
-    return fhir(read.search_reports(runtime(), g.user, list(request.args.items(multi=True)), _base()))
+    bundle = read.search_reports(runtime(), g.user, list(request.args.items(multi=True)), _base())
+    # Each report a search returns is a case read: one access-log row per case.
+    access.record_many(runtime(), g.user, AccessAction.READ_CASE, client_address(),
+                       [e["resource"]["id"] for e in bundle.get("entry", [])], request.full_path)
+    return fhir(bundle)
 
 
 @bp.get("/Provenance/<prov_id>")
 @fhir_user(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def provenance(prov_id: str):
     return fhir(read.read_provenance(runtime(), g.user, prov_id))
 
@@ -122,7 +127,10 @@ def provenance(prov_id: str):
 @bp.get("/Provenance")
 @fhir_user(permissions.READ_CASES)
 def search_provenance():
-    return fhir(read.search_provenance(runtime(), g.user, list(request.args.items(multi=True)), _base()))
+    bundle = read.search_provenance(runtime(), g.user, list(request.args.items(multi=True)), _base())
+    cases = sorted({e["resource"]["id"].rpartition("-")[0] for e in bundle.get("entry", [])})
+    access.record_many(runtime(), g.user, AccessAction.READ_CASE, client_address(), cases, request.full_path)
+    return fhir(bundle)
 
 
 @bp.get("/ServiceRequest/<case_id>")
@@ -134,6 +142,7 @@ def service_request(case_id: str):
 
 @bp.get("/Patient/<key>")
 @fhir_user(permissions.READ_CASES)
+@logged(AccessAction.READ_CASE)
 def patient(key: str):
     return fhir(read.read_patient(runtime(), g.user, key))
 

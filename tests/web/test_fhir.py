@@ -265,6 +265,10 @@ def test_the_report_through_the_case_life(embedded_stack, small_engine, ham_jpeg
     assert search("status=registered")["total"] == 1
     assert search("", who=token_for(client, "gp2"))["total"] == 0
     assert search("", who=token_for(client, "auditor1"))["total"] == 2
+    # every report a search returned is in the access log, as a read of its case
+    from services import access
+    logged = access.query(embedded_stack.runtime(), None, case_id=case_id, username="auditor1")
+    assert logged and logged[0]["subject"].startswith("/fhir/DiagnosticReport?")
     for bad in ("status=done", "_lastUpdated=yesterday", "_count=0", "code=xyz"):
         got = client.get(f"/fhir/DiagnosticReport?{bad}", headers=gp)
         assert got.status_code == 400 and got.json["issue"][0]["expression"], bad
