@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?= --find-links /opt/wheels
 
-.PHONY: install test run model demo-model migrate tools clean help
+.PHONY: install test run model demo-model migrate register tools clean help
 
-install: $(STAMP) tools model migrate ## set up .venv, the tools, the model in service and the database
+install: $(STAMP) tools model migrate register ## set up .venv, the tools, the model in service and the database
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ tools: ## install Debian's docker-compose and Chromium (compose validation, brow
 
 migrate: $(STAMP) ## apply the database migrations
 	$(BIN)/dermatriage db upgrade
+
+# The model just built goes into the registry; while there is no champion it becomes the
+# champion (recorded as the installation's override), so a fresh clone serves it at once.
+register: model migrate ## register the model in service; the champion if there is none yet
+	$(BIN)/dermatriage model register --in-service --bootstrap
 
 test: install demo-model ## set up everything, then run the whole test suite (.ci/run)
 	$(BIN)/python -m pytest

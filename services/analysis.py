@@ -66,6 +66,9 @@ class Analyser:
     batcher: "MicroBatcher"
     model: ModelInfo
     writer: "MicroBatcher"
+    key: str = ""              # what it was loaded from: the weights' hash, or the file's path
+    users: int = 0             # jobs analysing with it now
+    retiring: bool = False     # replaced: closed when its last job is done
 
     def analyse(self, images: list[bytes]) -> list["AnalysisResult"]:
         return self.batcher.run(images)
@@ -75,33 +78,77 @@ class Analyser:
         if outcome is not None:
             raise outcome
 
+    def close(self) -> None:
+        self.batcher.close()
+        self.writer.close()
+
 
 _analyser_lock = threading.Lock()
 
 
+def _source(rt: Runtime) -> tuple[str, "Callable[[], object]"]:
+    """What this worker should serve now: the registry's champion (fetched from the object
+    store and checked), else, while the registry is empty, the file at DERMATRIAGE_MODEL_PATH."""
+    from . import registry
+    champion = registry.champion(rt)
+    if champion is None:
+        return str(rt.settings.model_path), lambda: rt.settings.model_path
+    return champion.weights_sha256, lambda: registry.fetch(rt, champion)
+
+
 def load_analyser(rt: Runtime) -> Analyser:
-    """The process's engine, loaded on first use and kept on the runtime.
+    """The process's engine for the model in service now, loaded on first use and again when
+    the champion changes (no restart); the one it replaces finishes its jobs, then closes.
 
     Loaded lazily inside the worker process (never in a parent that forks), so CUDA is
     initialised only where it is used."""
+    key, locate = _source(rt)
+    loaded = getattr(rt, "_analyser", None)
+    if loaded is not None and loaded.key == key:
+        return loaded
     with _analyser_lock:
         loaded = getattr(rt, "_analyser", None)
-        if loaded is None:
+        if loaded is None or loaded.key != key:
             from .batching import MicroBatcher
             from .diagnosis.engine import Engine
 
-            engine = Engine.load(rt.settings.model_path)
+            engine = Engine.load(locate())
             card = engine.card
             # The jobs of one inference batch reach the writer within a millisecond of each
             # other; a short wait gathers them without delaying a lone job noticeably.
-            loaded = Analyser(MicroBatcher(engine.analyse, rt.settings.batch_max,
-                                           rt.settings.batch_wait_ms),
-                              ModelInfo.of(card),
-                              MicroBatcher(lambda writes: commit_together(rt, writes),
-                                           rt.settings.batch_max, 5.0))
-            rt._analyser = loaded
+            fresh = Analyser(MicroBatcher(engine.analyse, rt.settings.batch_max, rt.settings.batch_wait_ms),
+                             ModelInfo.of(card),
+                             MicroBatcher(lambda writes: commit_together(rt, writes), rt.settings.batch_max, 5.0),
+                             key=key)
+            if loaded is not None:
+                log.info("model %s %s replaces %s %s", card.name, card.version, loaded.model.name,
+                         loaded.model.version)
+                loaded.retiring = True
+                if loaded.users == 0:
+                    loaded.close()
+            rt._analyser = loaded = fresh
             log.info("model %s %s loaded on %s", card.name, card.version, engine.device)
     return loaded
+
+
+@contextmanager
+def serving(rt: Runtime):
+    """The analyser for one job: the model in service when the job starts analyses all of
+    it, even if a promotion or rollback lands meanwhile."""
+    while True:
+        analyser = load_analyser(rt)
+        with _analyser_lock:
+            if not analyser.retiring:      # not replaced (and closed) between the two steps
+                analyser.users += 1
+                break
+    try:
+        yield analyser
+    finally:
+        with _analyser_lock:
+            analyser.users -= 1
+            done = analyser.retiring and analyser.users == 0
+        if done:
+            analyser.close()
 
 
 def worker_name() -> str:

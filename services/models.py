@@ -427,3 +427,48 @@ class FhirNotification(Base):
         UniqueConstraint("subscription_id", "event_number", name="uq_fhir_notifications_event"),
         Index("ix_fhir_notifications_due", "next_attempt_at"),
     )
+
+
+class ModelVersion(Base):
+    """A model in the registry (services/registry.py): its weights and card in the object
+    store under the weights' hash, its status and its evidence. One champion at most, one
+    shadow at most (partial unique indexes)."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(40))
+    weights_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    weights_key: Mapped[str] = mapped_column(String(200))
+    card_key: Mapped[str] = mapped_column(String(200))
+    card: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))        # candidate | shadow | champion | retired
+    registered_by: Mapped[str] = mapped_column(String(80))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    evidence: Mapped[dict] = mapped_column(JSON)           # out-of-fold figures, evaluate reports
+
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
+        Index("uq_model_versions_champion", "status", unique=True,
+              postgresql_where=text("status = 'champion'"), sqlite_where=text("status = 'champion'")),
+        Index("uq_model_versions_shadow", "status", unique=True,
+              postgresql_where=text("status = 'shadow'"), sqlite_where=text("status = 'shadow'")),
+    )
+
+
+class ModelEvent(Base):
+    """Every register, shadow, promote, rollback and override: who, when, why, and the
+    evidence as it stood. Append-only (triggers, as the audit chain)."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(20))
+    version_id: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(150))           # name and version, as read then
+    previous_id: Mapped[str | None] = mapped_column(String(32), nullable=True)   # the champion before
+    actor: Mapped[str] = mapped_column(String(80))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    evidence: Mapped[dict] = mapped_column(JSON)

@@ -27,9 +27,9 @@ def register(celery: Celery, rt: Runtime) -> None:
     @celery.task(bind=True, name=ANALYSE_TASK, acks_late=True, reject_on_worker_lost=True,
                  max_retries=None)
     def analyse_job(self, job_id: str) -> str:
-        analyser = analysis.load_analyser(rt)
         try:
-            return analysis.run_job(rt, job_id, analyser.analyse, analyser.model, analyser.commit)
+            with analysis.serving(rt) as analyser:
+                return analysis.run_job(rt, job_id, analyser.analyse, analyser.model, analyser.commit)
         except analysis.TRANSIENT as exc:
             attempts = analysis.record_error(rt, job_id, f"{type(exc).__name__}: {exc}")
             if attempts >= rt.settings.max_task_attempts:

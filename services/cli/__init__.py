@@ -21,6 +21,7 @@ from .bench import bench  # noqa: E402
 from .fhir import fhir  # noqa: E402
 from .labels import labels  # noqa: E402
 from .model import model  # noqa: E402
+from .registry import COMMANDS as REGISTRY_COMMANDS  # noqa: E402
 from .ops import audit, db, health, jobs, run, users, web, worker  # noqa: E402
 
 
@@ -59,6 +60,8 @@ def main() -> None:
     """
 
 
+for _command in REGISTRY_COMMANDS:      # model register|list|show|shadow|promote|rollback
+    model.add_command(_command)
 for _, _commands in SECTIONS:
     for _command in _commands:
         main.add_command(_command)

@@ -53,3 +53,31 @@ def test_missing_or_tampered_model_is_a_clear_cli_error(tmp_path):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "model" in out.stdout and "bench" in out.stdout
+
+
+def test_registry_commands_from_install_to_rollback(embedded_stack, tmp_path):
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    artifact.save(random_model(seed=1), make_card(version="1.0.0"), first)
+    artifact.save(random_model(seed=2), make_card(version="2.0.0"), second)
+    env = {**embedded_stack.env, "DERMATRIAGE_MODEL_PATH": str(first)}
+    run = lambda *args: CliRunner().invoke(main, ["model", *args], env=env)  # noqa: E731
+    installed = run("register", "--in-service", "--bootstrap", "--by", "make")
+    assert installed.exit_code == 0 and "override: test-model 1.0.0 is the champion" in installed.output
+    again = run("register", "--in-service", "--bootstrap")
+    assert again.exit_code == 0 and "already registered" in again.output and "champion" in again.output
+    assert run("register", str(second)).exit_code == 0
+    listed = run("list")
+    assert "champion   test-model 1.0.0" in listed.output and "candidate  test-model 2.0.0" in listed.output
+    refused = run("promote", "2.0.0", "--reason", "try")
+    assert refused.exit_code == 1 and "gate refuses" in refused.output and "not measured" in refused.output
+    assert run("promote", "2.0.0").exit_code == 2                     # a reason is required
+    done = run("promote", "2.0.0", "--reason", "reviewed by the clinical lead", "--override", "--by", "ml")
+    assert done.exit_code == 0 and "override: test-model 2.0.0" in done.output
+    assert run("shadow", "2.0.0").exit_code == 1                      # the champion is not a shadow
+    back = run("rollback", "--reason", "drift")
+    assert back.exit_code == 0 and "test-model 1.0.0 is the champion again" in back.output
+    nothing = run("rollback", "--reason", "again")
+    assert nothing.exit_code == 1 and "nothing to roll back to" in nothing.output
+    shown = json.loads(run("show", "1.0.0").output)
+    assert [e["action"] for e in shown["events"]] == ["register", "override", "override", "rollback"]
+    assert run("show", "7.7.7").exit_code == 1

@@ -12,7 +12,7 @@ from tests.factories import empty_database
 
 
 def test_single_head():
-    assert migrate.heads("sqlite://") == ["0011"]
+    assert migrate.heads("sqlite://") == ["0012"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
