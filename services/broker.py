@@ -18,11 +18,12 @@ from celery import Celery
 from kombu.transport import filesystem
 from kombu.utils.json import dumps
 
-from .config import ANALYSIS_QUEUE, CPU_QUEUE, Settings
+from .config import ANALYSIS_QUEUE, CPU_QUEUE, SHADOW_QUEUE, Settings
 
 ANALYSE_TASK = "dermatriage.analyse_job"      # analysis queue
 CHECKPOINT_TASK = "dermatriage.audit_checkpoint"  # cpu queue
 DELIVER_TASK = "dermatriage.deliver_notifications"  # cpu queue
+SHADOW_TASK = "dermatriage.shadow_read"    # shadow queue
 # Redis keeps one list per priority step (config.PRIORITY_STEPS) and serves the lowest first.
 URGENT_PRIORITY, NORMAL_PRIORITY = 0, 6
 
@@ -127,6 +128,11 @@ class CeleryDispatcher:
         """A re-send: taken before every job already waiting (Redis; the embedded
         filesystem transport has no priorities and keeps arrival order)."""
         self(job_id, URGENT_PRIORITY)
+
+
+def request_shadow_reading(celery: Celery, case_id: str, version_id: str) -> None:
+    """The shadow model reads a case the champion has analysed (its own queue and workers)."""
+    celery.send_task(SHADOW_TASK, args=(case_id, version_id), queue=SHADOW_QUEUE, retry=False)
 
 
 def request_deliveries(celery: Celery) -> None:

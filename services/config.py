@@ -20,7 +20,9 @@ DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key"
 # Celery queue of the GPU analysis task (workers consume it; the web sends to it by name).
 ANALYSIS_QUEUE = "analysis"   # model inference: GPU workers (one model per process)
 CPU_QUEUE = "cpu"             # everything else a worker does: outbox sweeps, audit checkpoints
-WORKER_QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE)
+SHADOW_QUEUE = "shadow"       # the shadow model's readings: its own workers, never the champion's
+WORKER_QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE)          # what a worker consumes unless told
+QUEUES = (ANALYSIS_QUEUE, CPU_QUEUE, SHADOW_QUEUE)   # what it may be told
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
@@ -148,6 +150,11 @@ class Settings:
     # Where EHRs reach this service: the base of the links in FHIR notifications, which the
     # workers send without a request to take the host from.
     public_url: str = "http://localhost:5000/"
+    # The promotion gate (services/registry.py): a new champion's AUC on the reviewed cases
+    # both models read may be at most this much below the champion's (lower 95% bound of the
+    # paired difference), on at least this many reviewed cases.
+    promotion_margin: float = 0.02
+    promotion_min_reviewed: int = 30
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "Settings":
@@ -176,6 +183,8 @@ class Settings:
             audit_public_key_file=(Path(env["AUDIT_PUBLIC_KEY_FILE"]) if env.get("AUDIT_PUBLIC_KEY_FILE")
                                    else None),
             public_url=env.get("PUBLIC_URL", "http://localhost:5000/").rstrip("/") + "/",
+            promotion_margin=float(env.get("DERMATRIAGE_PROMOTION_MARGIN", 0.02)),
+            promotion_min_reviewed=int(env.get("DERMATRIAGE_PROMOTION_MIN_REVIEWED", 30)),
         )
         settings.validate()
         return settings

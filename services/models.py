@@ -472,3 +472,18 @@ class ModelEvent(Base):
     actor: Mapped[str] = mapped_column(String(80))
     reason: Mapped[str] = mapped_column(Text, default="")
     evidence: Mapped[dict] = mapped_column(JSON)
+
+
+class ShadowReading(Base):
+    """What a shadow model said of a case (services/shadow.py): kept apart from predictions,
+    so it never reaches the referral queue, a GP or the case page."""
+
+    __tablename__ = "shadow_readings"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id"), index=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    findings: Mapped[list] = mapped_column(JSON)        # per dermoscopic image, as risk.ImageFinding
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("case_id", "model_version_id", name="uq_shadow_readings_case_model"),)

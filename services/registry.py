@@ -7,8 +7,10 @@ there, in the database, with every artifact in the object store under its weight
   where ``rollback`` can bring it back); ``rollback`` returns to the champion before the
   current one's promotion.
 - Promotion is gated on evidence: the card's out-of-fold figures at or above the floors
-  (``FLOORS``). A promotion the gate refuses needs an explicit override with a reason; the
-  refusal's evidence is kept with it.
+  (``FLOORS``), and, where there is a champion, non-inferiority on the reviewed cases both
+  models read (services/comparison.py; ``PROMOTION_MARGIN`` and ``PROMOTION_MIN_REVIEWED``).
+  A promotion the gate refuses needs an explicit override with a reason; the refusal's
+  evidence is kept with it.
 - Every change is an append-only ``ModelEvent``: who, when, why, and the evidence as it stood.
 - Workers follow the champion (``champion``, cached for ``CHAMPION_TTL_S``; ``fetch`` brings
   its artifact to a local cache and checks its hash): a promotion or a rollback reaches every
@@ -222,7 +224,9 @@ def shadow(rt: Runtime, ref: str, actor: str, reason: str = "") -> dict:
         v.status = SHADOW
         s.add(ModelEvent(at=utcnow(), action="shadow", version_id=v.id, label=_label(v), actor=actor[:80],
                          reason=reason, evidence=v.evidence))
-        return view(v)
+        result = view(v)
+    _forget_champion(rt)
+    return result
 
 
 def promote(rt: Runtime, ref: str, actor: str, reason: str, override: bool = False) -> dict:
@@ -236,6 +240,14 @@ def promote(rt: Runtime, ref: str, actor: str, reason: str, override: bool = Fal
         raise Conflict(f"{_label(v)} is already the champion")
     _verified(rt, v)
     passes, problems, figures = gate(v.evidence)
+    comparison = None
+    if before is not None:
+        from .comparison import compare
+        comparison = compare(rt, before, v.id, rt.settings.promotion_margin, rt.settings.promotion_min_reviewed)
+        if not comparison["non_inferior"]:
+            passes = False
+            problems.append(f"not shown non-inferior to the champion on reviewed cases: {comparison['why']}")
+        comparison.pop("disagreements", None)
     if not passes and not override:
         raise ValidationError("the promotion gate refuses " + _label(v) + ": " + "; ".join(problems)
                               + ". Promote with --override and a reason to go ahead anyway", "version")
@@ -253,8 +265,8 @@ def promote(rt: Runtime, ref: str, actor: str, reason: str, override: bool = Fal
             target.status = CHAMPION
             s.add(ModelEvent(at=utcnow(), action=action, version_id=target.id, label=_label(target),
                              previous_id=current.id if current else None, actor=actor[:80], reason=reason,
-                             evidence={"gate": {"passes": passes, "problems": problems, "figures": figures},
-                                       **target.evidence}))
+                             evidence={"gate": {"passes": passes, "problems": problems, "figures": figures,
+                                                "comparison": comparison}, **target.evidence}))
             s.flush()
             result = view(target)
     except IntegrityError as exc:     # the one-champion index: a concurrent promotion won
@@ -304,6 +316,7 @@ _cache_lock = threading.Lock()
 
 def _forget_champion(rt: Runtime) -> None:
     rt.__dict__.pop("_champion_cache", None)
+    rt.__dict__.pop("_shadow_cache", None)
 
 
 def champion(rt: Runtime) -> Champion | None:
@@ -320,6 +333,29 @@ def champion(rt: Runtime) -> Champion | None:
                                                     v.card_key)
         rt.__dict__["_champion_cache"] = (now, found)
     return found
+
+
+def shadow_model(rt: Runtime) -> Champion | None:
+    """The shadow now (read at most every CHAMPION_TTL_S per process), or None."""
+    now = time.monotonic()
+    cached = rt.__dict__.get("_shadow_cache")
+    if cached is not None and now - cached[0] < CHAMPION_TTL_S:
+        return cached[1]
+    with rt.read() as s:
+        v = s.scalar(select(ModelVersion).where(ModelVersion.status == SHADOW))
+        found = None if v is None else Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key,
+                                                v.card_key)
+    rt.__dict__["_shadow_cache"] = (now, found)
+    return found
+
+
+def by_id(rt: Runtime, version_id: str) -> tuple[Champion, str] | None:
+    """A version as a loadable reference, and its status now."""
+    with rt.read() as s:
+        v = s.get(ModelVersion, version_id)
+        if v is None:
+            return None
+        return Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key, v.card_key), v.status
 
 
 def fetch(rt: Runtime, model: Champion) -> Path:

@@ -1,6 +1,7 @@
 """The model registry: versions (weights and card in the object store under their hash,
-status, evidence) with one champion and one shadow at most, and the append-only log of every
-register, shadow, promote, rollback and override.
+status, evidence) with one champion and one shadow at most, the append-only log of every
+register, shadow, promote, rollback and override, and the shadow model's readings of live
+cases (kept apart from predictions).
 
 Revision ID: 0012
 Revises: 0011
@@ -51,9 +52,20 @@ def upgrade() -> None:
         sa.Column("evidence", sa.JSON, nullable=False),
     )
     append_only.create("model_events")
+    op.create_table(
+        "shadow_readings",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("case_id", sa.String(32), sa.ForeignKey("cases.id"), nullable=False, index=True),
+        sa.Column("model_version_id", sa.String(32), sa.ForeignKey("model_versions.id"), nullable=False,
+                  index=True),
+        sa.Column("findings", sa.JSON, nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint("case_id", "model_version_id", name="uq_shadow_readings_case_model"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("shadow_readings")
     append_only.drop("model_events")
     op.drop_table("model_events")
     for status in ("champion", "shadow"):

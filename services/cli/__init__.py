@@ -60,7 +60,7 @@ def main() -> None:
     """
 
 
-for _command in REGISTRY_COMMANDS:      # model register|list|show|shadow|promote|rollback
+for _command in REGISTRY_COMMANDS:      # model register|list|show|shadow|promote|rollback|compare
     model.add_command(_command)
 for _, _commands in SECTIONS:
     for _command in _commands:

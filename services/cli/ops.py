@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from services import config
-from services.config import ANALYSIS_QUEUE, CPU_QUEUE, WORKER_QUEUES, Settings
+from services.config import ANALYSIS_QUEUE, CPU_QUEUE, QUEUES, SHADOW_QUEUE, WORKER_QUEUES, Settings
 from services.errors import DermaTriageError
 from services.vocabulary import Role, values
 
@@ -63,17 +63,18 @@ def worker_command(concurrency: int, loglevel: str, queues: tuple[str, ...] = WO
 
 def parse_queues(value: str) -> tuple[str, ...]:
     queues = tuple(dict.fromkeys(q.strip() for q in value.split(",") if q.strip()))
-    unknown = [q for q in queues if q not in WORKER_QUEUES]
+    unknown = [q for q in queues if q not in QUEUES]
     if not queues or unknown:
-        raise click.BadParameter(f"choose from {', '.join(WORKER_QUEUES)} (comma-separated); "
+        raise click.BadParameter(f"choose from {', '.join(QUEUES)} (comma-separated); "
                                  f"got {value!r}", param_hint="--queues")
     return queues
 
 
 QUEUES_OPTION = click.option(
     "--queues", default=",".join(WORKER_QUEUES), show_default=True,
-    help=f"Queues to consume: {ANALYSIS_QUEUE} (model inference, GPU) and/or {CPU_QUEUE} "
-         "(outbox sweeps, audit checkpoints; periodic jobs run only here).")
+    help=f"Queues to consume: {ANALYSIS_QUEUE} (model inference, GPU), {CPU_QUEUE} "
+         "(outbox sweeps, audit checkpoints, notifications; periodic jobs run only here) and/or "
+         f"{SHADOW_QUEUE} (the shadow model's readings, on workers of their own).")
 
 
 @click.group()

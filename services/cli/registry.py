@@ -1,4 +1,4 @@
-"""`dermatriage model register|list|show|shadow|promote|rollback`: the model registry
+"""`dermatriage model register|list|show|shadow|promote|rollback|compare`: the model registry
 (services/registry.py); services/cli/__init__.py adds them to the ``model`` group. Every change is recorded with who made it (``--by``, default the
 operating-system user) and why."""
 
@@ -117,4 +117,38 @@ def rollback(reason: str, by: str | None) -> None:
     click.echo(f"rollback: {v['name']} {v['version']} is the champion again")
 
 
-COMMANDS = (register, list_models, show, shadow, promote, rollback)
+
+
+@click.command("compare")
+@click.argument("champion")
+@click.argument("shadow")
+@click.option("--json", "as_json", is_flag=True)
+def compare(champion: str, shadow: str, as_json: bool) -> None:
+    """CHAMPION against SHADOW on the live cases both read: tiers, and AUC and calibration
+    against the dermatologists' reviews (bootstrap intervals); the largest disagreements."""
+    from services import comparison, registry
+    rt = runtime()
+    a, b = _call(registry.show, rt, champion), _call(registry.show, rt, shadow)
+    result = comparison.compare(rt, a["id"], b["id"], rt.settings.promotion_margin,
+                                rt.settings.promotion_min_reviewed)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    t, r = result["tiers"], result["reviewed"]
+    click.echo(f"{result['champion']['model']} (champion) against {result['shadow']['model']} (shadow): "
+               f"{result['cases_both_read']} cases both read")
+    if result["cases_both_read"]:
+        click.echo(f"tiers: {t['agree']} agree ({t['agreement']:.1%}); {t['would_move_up']} would move up, "
+                   f"{t['would_move_down']} down")
+    if "auc" in r:
+        ca, sa, d = r["auc"]["champion"], r["auc"]["shadow"], r["difference"]
+        click.echo(f"reviewed: {r['cases']} ({r['malignant']} malignant); AUC champion {ca['auc']:.3f} "
+                   f"{ca['ci95']}, shadow {sa['auc']:.3f} {sa['ci95']}; difference {d['value']:+.3f} {d['ci95']}")
+    click.echo(f"non-inferior: {'yes' if result['non_inferior'] else 'no'} ({result['why']})")
+    for item in result["disagreements"]:
+        click.echo(f"  case {item['case_id']}: champion {item['champion']['probability']:.2f} "
+                   f"{item['champion']['tier']}, shadow {item['shadow']['probability']:.2f} "
+                   f"{item['shadow']['tier']}, review {item['review'] or '-'}")
+
+
+COMMANDS = (register, list_models, show, shadow, promote, rollback, compare)

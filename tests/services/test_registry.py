@@ -67,16 +67,20 @@ def test_promotion_is_gated_on_evidence_and_rollback_returns_to_the_champion_bef
     assert first["action"] == "override" and registry.champion(rt).id == weak["id"]
     with pytest.raises(Conflict, match="first champion"):
         registry.rollback(rt, "ops", "no previous")
-    second = registry.promote(rt, "test-model 2.0.0", "ml-eng", "better on every floor")
-    assert second["action"] == "promote" and second["previous"] == weak["id"]
+    with pytest.raises(ValidationError, match="not shown non-inferior .* 0 reviewed cases"):
+        registry.promote(rt, "test-model 2.0.0", "ml-eng", "better on every floor")
+    second = registry.promote(rt, "test-model 2.0.0", "ml-eng", "floors met; no live cases yet", override=True)
+    assert second["action"] == "override" and second["previous"] == weak["id"]
     assert {v["version"]: v["status"] for v in registry.versions(rt)} == {"1.0.0": "retired", "2.0.0": "champion"}
     back = registry.rollback(rt, "ops", "drift after promotion")
     assert back["id"] == weak["id"] and registry.champion(rt).id == weak["id"]
     with pytest.raises(Conflict, match="first champion"):
         registry.rollback(rt, "ops", "again")                   # the stack is empty below the first
     log = registry.events(rt)
-    assert [e["action"] for e in log] == ["rollback", "promote", "override", "register", "register"]
-    assert log[1]["evidence"]["gate"]["passes"] and not log[2]["evidence"]["gate"]["passes"]
+    assert [e["action"] for e in log] == ["rollback", "override", "override", "register", "register"]
+    gate = log[1]["evidence"]["gate"]
+    assert not gate["passes"] and gate["figures"]["BCC AUC"] == {"value": 0.97, "floor": 0.95}
+    assert gate["comparison"]["reviewed"]["cases"] == 0
     assert log[0]["by"] == "ops" and log[0]["reason"] == "drift after promotion"
     with rt.transaction() as s:       # the log is append-only, in the database itself
         with pytest.raises(DatabaseError):
@@ -100,10 +104,10 @@ def test_a_corrupted_artifact_is_never_promoted_and_a_concurrent_promotion_loses
     def meanwhile(rt_, v):
         real(rt_, v)
         monkeypatch.setattr(registry, "_verified", real)
-        registry.promote(rt, b["id"], "colleague", "at the same moment")
+        registry.promote(rt, b["id"], "colleague", "at the same moment", override=True)
     monkeypatch.setattr(registry, "_verified", meanwhile)
     with pytest.raises(Conflict, match="meanwhile"):
-        registry.promote(rt, b["id"], "ml-eng", "mine")
+        registry.promote(rt, b["id"], "ml-eng", "mine", override=True)
     assert registry.champion(rt).id == b["id"]
     with rt.read() as s:
         assert s.scalar(select(text("count(*)")).select_from(ModelVersion).where(
@@ -117,7 +121,7 @@ def test_workers_follow_the_champion_without_a_restart(rt, tmp_path, monkeypatch
     registry.promote(rt, a["id"], "ml-eng", "first")
     with analysis.serving(rt) as first:
         assert (first.model.version, first.key) == ("1.0.0", a["weights_sha256"])
-        registry.promote(rt, b["id"], "ml-eng", "second")
+        registry.promote(rt, b["id"], "ml-eng", "second", override=True)
         with analysis.serving(rt) as second:           # a job that starts now gets the new one
             assert second.model.version == "2.0.0"
         assert first.retiring and not first.batcher._closed   # the job in flight finishes on its model
