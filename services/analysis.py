@@ -335,7 +335,7 @@ def _finish_job(s: Session, job_id: str, model: ModelInfo) -> None:
     preds = s.scalars(select(Prediction).where(
         Prediction.case_id == case.id, Prediction.model_name == model.name,
         Prediction.model_version == model.version)).all()
-    findings = [risk.ImageFinding(p.bcc_probability, evidence_found(p.clinical),
+    findings = [risk.ImageFinding(p.bcc_probability, risk.evidence_found(p.clinical),
                                   p.clinical["agreement"], p.quality["issues"],
                                   p.diagnosis_probabilities, in_scope=p.in_scope,
                                   scope_reason="" if p.in_scope else p.scope["reason"])
@@ -366,11 +366,6 @@ def record_error(rt: Runtime, job_id: str, error: str) -> int:
         if job.status == JobStatus.RUNNING:
             job.status = JobStatus.QUEUED
         return job.attempts
-
-
-def evidence_found(clinical: dict) -> list[str]:
-    """Patterns the explanation used as evidence (validated and present)."""
-    return [e["code"] for e in clinical.get("supporting", []) + clinical.get("contradicting", [])]
 
 
 def _queue_case(case: Case, findings: list[risk.ImageFinding], ai_available: bool,

@@ -237,7 +237,8 @@ def verify(rt: Runtime, user, full: bool = False, check_objects: bool = True) ->
 # --- bundles ----------------------------------------------------------------------------------------
 def export_bundle(rt: Runtime, user, out: Path) -> dict:
     """A zip with records.jsonl, checkpoints.jsonl and public_key.pem: enough to verify the
-    chain offline, with the public key obtained independently (``audit public-key``)."""
+    chain offline, with the public key obtained independently (``audit public-key``); and
+    model_events.jsonl, every change of the model in service (who, when, why, evidence)."""
     if user is not None:
         permissions.require(user, permissions.VERIFY_AUDIT)
     pem = public_pem(public_key(rt))
@@ -260,12 +261,21 @@ def export_bundle(rt: Runtime, user, out: Path) -> dict:
                for c in s.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq))]
         z.writestr("records.jsonl", "\n".join(lines) + ("\n" if lines else ""))
         z.writestr("checkpoints.jsonl", "\n".join(cps) + ("\n" if cps else ""))
+        model_events = [json.dumps(e, sort_keys=True) for e in reversed(registry_events(s))]
+        z.writestr("model_events.jsonl", "\n".join(model_events) + ("\n" if model_events else ""))
         z.writestr("public_key.pem", pem)
         z.writestr("README.txt", "DermaTriage audit bundle. Verify offline with\n"
                    "  dermatriage audit verify-bundle THIS.zip --public-key KEY.pem\n"
                    "using a public key obtained independently of this file.\n")
     Path(out).write_bytes(buf.getvalue())
-    return {"out": str(out), "records": len(lines), "checkpoints": len(cps)}
+    return {"out": str(out), "records": len(lines), "checkpoints": len(cps), "model_events": len(model_events)}
+
+
+def registry_events(s) -> list[dict]:
+    """Every model registry change, newest first (the bundle lists them oldest first)."""
+    from .models import ModelEvent
+    from .registry import event_view
+    return [event_view(e) for e in s.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()))]
 
 
 def verify_bundle(path: Path, public_key: bytes) -> dict:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from .diagnosis.metrics import auc, auc_with_ci, expected_calibration_error
 from .models import Case, CaseImage, ModelVersion, Prediction, Review, ShadowReading
-from .risk import MALIGNANT, ImageFinding, Triage, assess, combine
+from .risk import MALIGNANT, ImageFinding, Triage, assess, combine, evidence_found
 from .runtime import Runtime
 from .vocabulary import ReviewPurpose, RiskTier
 
@@ -40,7 +40,6 @@ class Reading:
 
 
 def _findings_of_predictions(preds: list[Prediction]) -> list[ImageFinding]:
-    from .analysis import evidence_found
     return [ImageFinding(p.bcc_probability, evidence_found(p.clinical), p.clinical.get("agreement", True),
                          p.quality.get("issues", []), p.diagnosis_probabilities, in_scope=p.in_scope,
                          scope_reason="" if p.in_scope else (p.scope or {}).get("reason", ""))
@@ -164,3 +163,19 @@ def compare(rt: Runtime, champion_id: str, shadow_id: str, margin: float, min_re
          "review": truth[c][1] if c in truth else None}
         for c in ranked[:top]]
     return out
+
+
+def thumbnail(rt: Runtime, user, case_id: str) -> tuple[bytes, str]:
+    """The first image of a case a shadow model read: what the comparison page shows beside
+    the two answers, to the ML engineer and auditors (who read no cases otherwise); the web
+    logs each read in the access log."""
+    from . import permissions
+    from .case_access import fetch_object
+    from .errors import NotFound
+    permissions.require(user, permissions.VIEW_MODELS)
+    with rt.read() as s:
+        if s.scalar(select(ShadowReading.id).where(ShadowReading.case_id == case_id).limit(1)) is None:
+            raise NotFound(f"no compared case {case_id}")
+        image = s.scalar(select(CaseImage).where(CaseImage.case_id == case_id).order_by(CaseImage.position).limit(1))
+        key, media = image.object_key, image.media_type
+    return fetch_object(rt, key), media

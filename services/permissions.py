@@ -20,6 +20,11 @@ LABELLING = frozenset({Role.DERMATOLOGIST, Role.ADMIN, Role.AUDITOR})
 # Human-AI monitoring: the clinical lead (a dermatologist), the ML engineer (admin), auditors.
 MONITOR = frozenset({Role.DERMATOLOGIST, Role.ADMIN, Role.AUDITOR})
 
+# The model registry: the ML engineer (admin) changes it; auditors and the ML engineer read it,
+# its comparisons and the thumbnails of the cases two models disagree on.
+CHANGE_MODELS = ADMINISTER
+VIEW_MODELS = frozenset({Role.ADMIN, Role.AUDITOR})
+
 # GPs see only the cases they submitted; the other readers see every case.
 OWN_CASES_ONLY = frozenset({Role.GP})
 
@@ -31,6 +36,7 @@ MESSAGES = {
     ADMINISTER: "only administrators manage the service",
     LABELLING: "this role takes no part in labelling sets",
     MONITOR: "this role cannot see the monitoring figures",
+    VIEW_MODELS: "only the ML engineer (admin) and auditors see the model registry",
 }
 
 

@@ -109,6 +109,12 @@ class Triage:
         return URGENT_BAND + (100.0 - URGENT_BAND) * (p - u) / max(1 - u, 1e-9)
 
 
+def evidence_found(clinical: dict) -> list[str]:
+    """Patterns the explanation used as evidence (validated and present): what the score reads
+    of the patterns."""
+    return [e["code"] for e in clinical.get("supporting", []) + clinical.get("contradicting", [])]
+
+
 def combine(combination: str, bcc_probability: float, diagnoses: dict[str, float]) -> float:
     """One number for "malignant or premalignant" from the two heads, before calibration:
     the diagnosis head's mass on the malignant classes, or that and the BCC head's

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import registry
-from .analysis import evidence_found
 from .models import CaseImage, ShadowReading, utcnow
+from .risk import evidence_found
 from .runtime import Runtime
 from .vocabulary import ImageKind
 

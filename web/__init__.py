@@ -12,7 +12,7 @@ from flask import Flask
 from services.config import Settings
 from services.runtime import Runtime, build
 
-from . import api, dicomweb, errors, fhir, guards, health, pages
+from . import api, dicomweb, errors, fhir, guards, health, models, pages
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -27,6 +27,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.extensions["dermatriage"] = rt
     for init_app in (errors.init_app, guards.init_app, health.init_app, api.init_app, dicomweb.init_app,
-                     fhir.init_app, pages.init_app):
+                     fhir.init_app, models.init_app, pages.init_app):
         init_app(app)
     return app

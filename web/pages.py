@@ -8,7 +8,7 @@ from flask import (Blueprint, Flask, Response, current_app, flash, g, jsonify, r
                    request, session, url_for)
 
 from services import (access, audit, cases, checkpoints, image_check, labelling, monitoring, params, permissions, queue,
-                      review_input, reviews, users)
+                      registry, review_input, reviews, users)
 from services.errors import DermaTriageError, ValidationError
 from services.vocabulary import (DIAGNOSIS_NAMES, MANAGEMENT_NAMES, AccessAction, BodySite, Diagnosis, Management,
                                  RiskTier, Role, values)
@@ -353,7 +353,7 @@ def audit_page():
     page = audit.browse(rt, g.user, **filters, before=params.whole_number(a, "before"))
     next_url = (url_for("pages.audit_page", **{**a.to_dict(), "before": page["next"]}) if page["next"] else None)
     return render_template("audit.html", report=report, records=page["records"], next_url=next_url,
-                           args=a.to_dict())
+                           args=a.to_dict(), model_events=registry.events(rt, 20))
 
 
 @bp.get("/audit/records/<int:seq>")

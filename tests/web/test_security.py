@@ -113,6 +113,8 @@ PAGES = [
     ("/monitoring", {"gp1": 403, "derm1": 200, "auditor1": 200, "admin1": 200}),
     ("/audit/access", {"gp1": 403, "derm1": 403, "auditor1": 200, "admin1": 403}),
     ("/account/password", {"gp1": 200, "derm1": 200, "auditor1": 200, "admin1": 200}),
+    ("/models", {"gp1": 403, "derm1": 403, "auditor1": 200, "admin1": 200}),
+    ("/models/compare?champion=x&shadow=y", {"gp1": 403, "derm1": 403, "auditor1": 404, "admin1": 404}),
 ]
 
 
