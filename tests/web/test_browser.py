@@ -293,3 +293,47 @@ def test_gp_sees_the_scope_verdicts_before_submitting(make_product, browser, ham
         assert "AI not applicable" in derm.inner_text("body")
     finally:
         server.shutdown()
+
+
+def test_ml_engineer_compares_and_promotes_auditor_sees_it(make_product, browser, ham_jpegs, tmp_path):
+    from werkzeug.serving import make_server
+
+    from tests.web.test_model_pages import compared
+    stack = make_product("embedded", DERMATRIAGE_PROMOTION_MIN_REVIEWED=4)
+    champion, challenger, _ = compared(stack, ham_jpegs, tmp_path)
+    app = stack.app()
+    app.config["TESTING"] = False
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    shots = ARTIFACTS.parent / "model-lifecycle"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        ml = log_in(browser, base, "admin1")
+        ml.goto(f"{base}/models")
+        ml.click("#compare")
+        ml.wait_for_selector("#disagreements img.thumb")
+        assert ml.locator("#disagreements tr").count() == 5                    # header and four cases
+        assert ml.locator("#disagreements img.thumb").first.evaluate("i => i.naturalWidth") > 0
+        assert "yes" in ml.inner_text("#verdict")
+        ml.screenshot(path=str(shots / "01-compare.png"), full_page=True)
+        ml.goto(f"{base}/models")
+        ml.select_option("select[name=version] >> nth=0", challenger["id"])
+        ml.fill("form[action$='/promote'] input[name=reason]", "non-inferior on the reviewed cases")
+        ml.click("form[action$='/promote'] button")
+        ml.wait_for_selector(".flash")
+        assert "is the champion" in ml.inner_text(".flash")
+        ml.screenshot(path=str(shots / "02-promoted.png"), full_page=True)
+        auditor = log_in(browser, base, "auditor1")
+        auditor.goto(f"{base}/audit")
+        row = auditor.locator("#model-changes tr", has_text="non-inferior on the reviewed cases")
+        assert row.count() == 1 and "admin1" in row.inner_text() and "promote" in row.inner_text()
+        auditor.screenshot(path=str(shots / "03-auditor.png"), full_page=True)
+    finally:
+        server.shutdown()
+    assert registry_champion(stack) == challenger["id"] != champion["id"]
+
+
+def registry_champion(stack) -> str:
+    from services import registry
+    return registry.champion(stack.runtime()).id
