@@ -131,6 +131,22 @@ def load_analyser(rt: Runtime) -> Analyser:
     return loaded
 
 
+def analyse_with_champion(rt: Runtime, job_id: str) -> str:
+    """A worker's job: analysed wholly by the model that is champion when it starts. A
+    promotion or rollback that lands between picking the model and starting the job is
+    caught at the start (StaleModel) and the job taken again with the new champion."""
+    from . import registry
+    for _ in range(3):
+        with serving(rt) as analyser:
+            sha = analyser.key if len(analyser.key) == 64 else None     # registry-served
+            try:
+                return run_job(rt, job_id, analyser.analyse, analyser.model, analyser.commit, serving_sha=sha)
+            except StaleModel as exc:
+                log.info("job %s: %s; taking it with the new champion", job_id, exc)
+                registry.forget_champion(rt)
+    raise Unavailable("the champion kept changing while this job started; it will be retried")
+
+
 @contextmanager
 def serving(rt: Runtime):
     """The analyser for one job: the model in service when the job starts analyses all of
@@ -160,15 +176,27 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def start_job(rt: Runtime, job_id: str, now=None) -> bool:
+class StaleModel(Exception):
+    """The champion changed after this worker picked its model: take the job with the new one."""
+
+
+def start_job(rt: Runtime, job_id: str, now=None, serving_sha: str | None = None) -> bool:
     """Mark the job running; False if there is nothing to do (done, failed, or being run
-    by a live worker right now)."""
+    by a live worker right now). With ``serving_sha`` (a worker serving the registry's
+    champion), in the same transaction: the champion must still be that model, else
+    ``StaleModel`` (nothing changed), so a job is only ever started by the version that is
+    champion at that moment."""
+    from .models import ModelVersion
     now = now or utcnow()
     with rt.transaction() as s:
         job = s.scalar(select(AnalysisJob).where(AnalysisJob.id == job_id).with_for_update())
         if job is None:
             log.warning("job %s does not exist", job_id)
             return False
+        if serving_sha is not None:
+            champion = s.scalar(select(ModelVersion.weights_sha256).where(ModelVersion.status == "champion"))
+            if champion is not None and champion != serving_sha:
+                raise StaleModel(f"the champion is now {champion[:12]}")
         job.deliveries += 1
         if job.status in (JobStatus.DONE, JobStatus.FAILED):
             return False
@@ -184,13 +212,14 @@ def start_job(rt: Runtime, job_id: str, now=None) -> bool:
 
 
 def run_job(rt: Runtime, job_id: str, analyse: Callable[[list[bytes]], list["AnalysisResult"]],
-            model: ModelInfo, commit: Callable[[Callable[[Session], None]], None] | None = None) -> str:
+            model: ModelInfo, commit: Callable[[Callable[[Session], None]], None] | None = None,
+            serving_sha: str | None = None) -> str:
     """Analyse every dermoscopic image of the job's case not yet analysed by this model.
 
     Everything the job writes (its predictions, their audit records, the case's risk and
     the job's end) goes to ``commit`` as one unit: a worker passes its group commit, which
     puts the units of a whole micro-batch in one transaction; alone, it is a transaction."""
-    if not start_job(rt, job_id):
+    if not start_job(rt, job_id, serving_sha=serving_sha):
         return "skipped"
     with rt.read() as s:
         job = s.get(AnalysisJob, job_id)

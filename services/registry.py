@@ -225,7 +225,7 @@ def shadow(rt: Runtime, ref: str, actor: str, reason: str = "") -> dict:
         s.add(ModelEvent(at=utcnow(), action="shadow", version_id=v.id, label=_label(v), actor=actor[:80],
                          reason=reason, evidence=v.evidence))
         result = view(v)
-    _forget_champion(rt)
+    forget_champion(rt)
     return result
 
 
@@ -271,7 +271,7 @@ def promote(rt: Runtime, ref: str, actor: str, reason: str, override: bool = Fal
             result = view(target)
     except IntegrityError as exc:     # the one-champion index: a concurrent promotion won
         raise Conflict("another promotion happened at the same moment; look again and retry") from exc
-    _forget_champion(rt)
+    forget_champion(rt)
     return {**result, "action": action, "previous": before}
 
 
@@ -306,7 +306,7 @@ def rollback(rt: Runtime, actor: str, reason: str) -> dict:
             result = view(back)
     except IntegrityError as exc:
         raise Conflict("another promotion happened at the same moment; look again and retry") from exc
-    _forget_champion(rt)
+    forget_champion(rt)
     return {**result, "action": "rollback", "previous": current.id}
 
 
@@ -314,7 +314,7 @@ def rollback(rt: Runtime, actor: str, reason: str) -> dict:
 _cache_lock = threading.Lock()
 
 
-def _forget_champion(rt: Runtime) -> None:
+def forget_champion(rt: Runtime) -> None:
     rt.__dict__.pop("_champion_cache", None)
     rt.__dict__.pop("_shadow_cache", None)
 

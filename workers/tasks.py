@@ -30,8 +30,7 @@ def register(celery: Celery, rt: Runtime) -> None:
                  max_retries=None)
     def analyse_job(self, job_id: str) -> str:
         try:
-            with analysis.serving(rt) as analyser:
-                outcome = analysis.run_job(rt, job_id, analyser.analyse, analyser.model, analyser.commit)
+            outcome = analysis.analyse_with_champion(rt, job_id)
             if outcome == "done":
                 shadow.request(rt, analysis.case_of(rt, job_id))
             return outcome

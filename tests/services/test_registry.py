@@ -137,3 +137,26 @@ def test_workers_follow_the_champion_without_a_restart(rt, tmp_path, monkeypatch
         registry.fetch(rt, registry.Champion(b["id"], "test-model", "2.0.0", b["weights_sha256"],
                                              f"models/{b['weights_sha256']}.pt",
                                              f"models/{b['weights_sha256']}.card.json"))
+
+
+def test_a_job_starts_only_with_the_champion_of_that_moment(stack, tmp_path, monkeypatch, ham_jpegs):
+    import io
+
+    from services.models import AnalysisJob, Prediction
+    from tests.factories import post_case, token_for
+    monkeypatch.setattr(registry, "CHAMPION_TTL_S", 3600.0)          # this worker's view goes stale
+    rt, elsewhere = stack.runtime(), stack.runtime()
+    a = registry.register(rt, built(tmp_path, "1.0.0", 1, MET), "ml-eng")[0]
+    b = registry.register(rt, built(tmp_path, "2.0.0", 2, MET), "ml-eng")[0]
+    registry.promote(rt, a["id"], "ml-eng", "first", override=True)
+    with analysis.serving(rt) as warm:
+        assert warm.model.version == "1.0.0"
+    registry.promote(elsewhere, b["id"], "ml-eng", "from another machine", override=True)
+    assert registry.champion(rt).id == a["id"]                       # still cached here
+    client = stack.app().test_client()
+    r = post_case(client, token_for(client, "gp1"), images=[("images", (io.BytesIO(ham_jpegs[0]), "a.jpg"))])
+    with rt.read() as s:
+        job_id = s.scalar(select(AnalysisJob.id).where(AnalysisJob.case_id == r.json["id"]))
+    assert analysis.analyse_with_champion(rt, job_id) == "done"
+    with rt.read() as s:
+        assert set(s.scalars(select(Prediction.model_version))) == {"2.0.0"}
