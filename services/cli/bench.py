@@ -152,6 +152,27 @@ def fhir(n: int, cases: int, reads: int, postgres_admin_url: str) -> None:
     click.echo(json.dumps(bench_fhir(n, cases, reads, _shared_data(), postgres_admin_url), indent=2))
 
 
+@bench.command("rollout")
+@click.option("--rate", type=click.FloatRange(0.2, 100), default=3.0, show_default=True,
+              help="Cases submitted per second, steadily.")
+@click.option("--phase", "phase_s", type=click.FloatRange(2, 600), default=20, show_default=True,
+              help="Seconds of each phase (before, after the promotion, after the rollback; without and with a shadow).")
+@click.option("--workers", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
+@click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+              show_default=True, help="A temporary database is created through this and dropped.")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/13", show_default=True,
+              help="The broker; this Redis database is emptied first.")
+def rollout(rate: float, phase_s: float, workers: int, model_path: Path | None, postgres_admin_url: str,
+            redis_url: str) -> None:
+    """Promote then roll back under a steady stream with real workers: seconds until every
+    worker serves the new champion, jobs per version, none lost, twice or by a non-champion;
+    and the champion's latency without and with a shadow model (JSON)."""
+    from services.bench.rollout import bench_rollout
+    click.echo(json.dumps(bench_rollout(served_model(model_path), _shared_data(), postgres_admin_url, redis_url,
+                                        rate, phase_s, workers), indent=2))
+
+
 @bench.command("build")
 @click.option("--images", type=click.IntRange(8, 100_000), default=400, show_default=True,
               help="Images per data set in the reduced build.")

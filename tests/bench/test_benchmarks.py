@@ -51,3 +51,18 @@ def test_bench_fhir_sends_both_ways_and_reads_among_seeded_cases(postgres_url, h
     assert set(out["read_latency"]) == {"fhir_report", "api_case", "fhir_report_again", "search_by_patient",
                                         "search_by_status_page"}
     assert all(v["n"] == 10 and v["p95_ms"] > 0 for v in out["read_latency"].values())
+
+
+def test_bench_rollout_switches_every_worker_and_loses_nothing(postgres_url, redis_url, ham_dir, tmp_path):
+    admin_url = postgres_url.rsplit("/", 1)[0] + "/test"
+    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    result = CliRunner().invoke(main, ["bench", "rollout", "--phase", "4", "--rate", "2", "--workers", "1",
+                                       "--model", str(small_model_file(tmp_path)), "--postgres-admin-url", admin_url,
+                                       "--redis-url", broker])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    r = out["rollout"]
+    assert r["lost"] == r["analysed_twice"] == r["analysed_by_a_version_not_champion_then"] == 0
+    assert len(r["jobs_by_version"]) == 2 and r["promotion_s_until_every_worker"] is not None
+    assert r["rollback_s_until_every_worker"] is not None
+    assert out["shadow_cost"]["without_shadow"]["cases"] > 0 and out["shadow_cost"]["shadow_readings"] > 0
