@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import select
 
 from . import permissions
-from .models import Case, Review, User, utcnow
+from .models import Case, ModelEvent, ModelVersion, Review, User, utcnow
 from .runtime import Runtime
 from .vocabulary import Diagnosis, ReviewPurpose, RiskTier, values
 
@@ -131,8 +131,16 @@ def report(rt: Runtime, user: User) -> dict:
             key = f"{r.ai['model']['name']} {r.ai['model']['version']}" if r.ai else "no AI result"
             by_model[key].append(r)
         times = review_times(session, _first_clinical(session))
+        # Where each version stands in the registry, and since when: a drift after a
+        # promotion shows as the new champion's figures beside the retired one's.
+        status = {f"{v.name} {v.version}": v.status for v in session.scalars(select(ModelVersion))}
+        since = {}
+        for e in session.scalars(select(ModelEvent).where(ModelEvent.action.in_(("promote", "override", "rollback")))
+                                 .order_by(ModelEvent.id)):
+            since[e.label] = e.at.isoformat()
     return {"generated_at": utcnow().isoformat(), "reviewed_cases": len(current),
-            "models": {k: model_report(v) for k, v in sorted(by_model.items())},
+            "models": {k: {**model_report(v), "registry": {"status": status.get(k), "champion_since": since.get(k)}}
+                       for k, v in sorted(by_model.items())},
             "review_times": times}
 
 

@@ -62,6 +62,13 @@ def test_model_pages_for_each_role(make_product, ham_jpegs, tmp_path):
     assert "promote: test-model 1.1.0 is the champion" in admin.get("/models").get_data(as_text=True)
     r = admin.post("/models/rollback", data={"csrf_token": csrf(admin), "reason": ""})
     assert "Refused: a rollback needs a reason" in admin.get("/models").get_data(as_text=True)
+    # monitoring splits by version and says where each stands: the drift after a promotion shows
+    from services import monitoring
+    from tests.factories import user
+    rep = monitoring.report(stack.runtime(), user(stack.runtime(), "admin1"))
+    assert rep["models"]["test-model 1.0.0"]["registry"]["status"] == "retired"
+    assert rep["models"]["test-model 1.0.0"]["reviewed"] == 4
+    assert "(retired; champion from" in admin.get("/monitoring").get_data(as_text=True)
     workbench = auditor.get("/audit").get_data(as_text=True)
     assert "Model changes" in workbench and "non-inferior on 4 reviewed cases" in workbench
     out = tmp_path / "bundle.zip"
