@@ -13,11 +13,11 @@ SECRETS = {"SECRET_KEY": "k" * 40, "POSTGRES_PASSWORD": "pw", "MINIO_ROOT_USER":
            "MINIO_ROOT_PASSWORD": "minio-secret"}
 
 
-def compose_config(env: dict) -> subprocess.CompletedProcess:
+def compose_config(env: dict, *options: str) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail("docker-compose (Debian package) is missing: `make install` installs it")
-    return subprocess.run([exe, "-f", str(COMPOSE), "config"], env={"PATH": "/usr/bin:/bin", **env},
+    return subprocess.run([exe, "-f", str(COMPOSE), *options, "config"], env={"PATH": "/usr/bin:/bin", **env},
                           capture_output=True, text=True, cwd=PROJECT_ROOT)
 
 
@@ -74,6 +74,12 @@ def test_compose_commands_and_healthchecks_name_the_real_processes():
         assert _option(worker_command(8, "INFO", queues), "-n") == worker_node(queues)
         assert _option(worker_command(8, "INFO", queues), "-Q") == ",".join(queues)
     assert consumed == {"worker": ("analysis",), "worker-cpu": ("cpu",)}
+    # The shadow worker runs only with its profile, on its own queue and GPU.
+    shadow = yaml.safe_load(compose_config(SECRETS, "--profile", "shadow").stdout)["services"]["worker-shadow"]
+    assert parse_queues(_option(shadow["command"], "--queues")) == ("shadow",)
+    assert parse_queues(_option(shadow["healthcheck"]["test"], "--queues")) == ("shadow",)
+    assert shadow["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert shadow["profiles"] == ["shadow"]
     assert "deploy" not in services["worker-cpu"]            # no GPU for the CPU queue
     # Only the CPU worker signs checkpoints: the signing key is mounted there alone.
     assert "AUDIT_SIGNING_KEY_FILE" in services["worker-cpu"]["environment"]
