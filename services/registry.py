@@ -11,7 +11,8 @@ there, in the database, with every artifact in the object store under its weight
   models read (services/comparison.py; ``PROMOTION_MARGIN`` and ``PROMOTION_MIN_REVIEWED``).
   A promotion the gate refuses needs an explicit override with a reason; the refusal's
   evidence is kept with it.
-- Every change is an append-only ``ModelEvent``: who, when, why, and the evidence as it stood.
+- Every change is an append-only ``ModelEvent``: who, when, why, and the evidence as it stood;
+  so is every `model evaluate` report kept as a version's evidence (``add_evaluation``).
 - Workers follow the champion (``champion``, cached for ``CHAMPION_TTL_S``; ``fetch`` brings
   its artifact to a local cache and checks its hash): a promotion or a rollback reaches every
   worker within seconds, without a restart (services/analysis.py).
@@ -169,6 +170,25 @@ def events(rt: Runtime, limit: int = 200) -> list[dict]:
     """Newest first (the auditor's workbench and the audit export list them)."""
     with rt.read() as s:
         return [event_view(e) for e in s.scalars(select(ModelEvent).order_by(ModelEvent.id.desc()).limit(limit))]
+
+
+MAX_EVALUATIONS = 20
+
+
+def add_evaluation(rt: Runtime, weights_sha256: str, report: dict, actor: str) -> dict | None:
+    """Keep a `model evaluate` report as evidence of the registered version it ran on (the
+    newest MAX_EVALUATIONS), with an event; None when that model is not registered."""
+    with rt.transaction() as s:
+        v = s.scalar(select(ModelVersion).where(ModelVersion.weights_sha256 == weights_sha256).with_for_update())
+        if v is None:
+            return None
+        entry = {"at": utcnow().isoformat(), "by": actor[:80], **report}
+        evidence = dict(v.evidence)
+        evidence["evaluations"] = (list(evidence.get("evaluations") or []) + [entry])[-MAX_EVALUATIONS:]
+        v.evidence = evidence
+        s.add(ModelEvent(at=utcnow(), action="evaluate", version_id=v.id, label=_label(v), actor=actor[:80],
+                         reason=str(report.get("dataset", "")), evidence=entry))
+        return view(v)
 
 
 def _figure(evidence: dict, path: tuple) -> float | None:

@@ -187,6 +187,7 @@ def evaluate(model_path: Path | None, n: int | None, dataset: Path | None, plots
         samples = _samples(dataset, limit)
         result = evaluation.evaluate_dataset(engine, samples, plots_dir=plots, seed=seed)
         click.echo(json.dumps(result, indent=2) if as_json else _real_summary(result))
+        _keep_as_evidence(engine.card.weights_sha256, dataset, result, as_json)
         return
     result = evaluation.evaluate(engine, n, seed)
     if as_json:
@@ -200,6 +201,27 @@ def evaluate(model_path: Path | None, n: int | None, dataset: Path | None, plots
     if a:
         click.echo(f"Grad-CAM inside {a['mean_inside']:.3f}  outside {a['mean_outside']:.3f}  "
                    f"pointing {a['pointing_game']:.3f}  relevance mass {a['relevance_mass']:.3f}")
+
+
+def _keep_as_evidence(sha: str, dataset: Path, result: dict, quiet: bool) -> None:
+    """A registered model keeps the report's figures as evidence (the registry; the promotion
+    page shows them). A model not registered, or no database, is said and skipped."""
+    import getpass
+
+    from services import registry
+    from .ops import runtime
+    summary = {"dataset": str(dataset), "images": result["images"],
+               "targets": {k: {"auc": t["auc"], "ci95": t["ci95"]} for k, t in result["targets"].items()},
+               "balanced_accuracy": result.get("balanced_accuracy")}
+    try:
+        kept = registry.add_evaluation(runtime(), sha, summary, f"cli:{getpass.getuser()}")
+    except Exception as exc:  # no database here: the report stands on its own
+        kept, why = None, f"the registry could not be reached ({type(exc).__name__})"
+    else:
+        why = "this model is not registered"
+    if not quiet:
+        click.echo(f"kept as evidence of {kept['name']} {kept['version']} in the registry" if kept
+                   else f"not kept as registry evidence: {why}")
 
 
 def _samples(dataset: Path, limit: int | None) -> list:

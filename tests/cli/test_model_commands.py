@@ -81,3 +81,21 @@ def test_registry_commands_from_install_to_rollback(embedded_stack, tmp_path):
     shown = json.loads(run("show", "1.0.0").output)
     assert [e["action"] for e in shown["events"]] == ["register", "override", "override", "rollback"]
     assert run("show", "7.7.7").exit_code == 1
+
+
+def test_an_evaluation_of_a_registered_model_is_kept_as_its_evidence(embedded_stack, tmp_path, ham_dir):
+    from services import registry
+    from tests.modelling.test_train import reviewed_folder
+    folder = reviewed_folder(tmp_path / "set", 6, 6)
+    path = tmp_path / "m.pt"
+    artifact.save(random_model(seed=1), make_card(version="3.0.0"), path)
+    env = embedded_stack.env
+    before = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(folder)], env=env)
+    assert before.exit_code == 0 and "not kept as registry evidence: this model is not registered" in before.output
+    assert CliRunner().invoke(main, ["model", "register", str(path)], env=env).exit_code == 0
+    kept = CliRunner().invoke(main, ["model", "evaluate", "--model", str(path), "--dataset", str(folder)], env=env)
+    assert kept.exit_code == 0 and "kept as evidence of test-model 3.0.0" in kept.output
+    shown = registry.show(embedded_stack.runtime(), "3.0.0")
+    (evaluation,) = shown["evidence"]["evaluations"]
+    assert evaluation["images"] == 12 and evaluation["dataset"] == str(folder) and "BCC" in evaluation["targets"]
+    assert [e["action"] for e in shown["events"]] == ["register", "evaluate"]
