@@ -54,7 +54,7 @@ def notification(rt: Runtime, sub: FhirSubscription, n: FhirNotification, base_u
         version = next(v for v in rp.timeline(facts) if v.number == n.report_version)
         entries.append({"fullUrl": focus, "resource": rp.report(facts, version, base_url)})
     return rp.valid(Bundle, {"resourceType": "Bundle", "type": "subscription-notification",
-                          "timestamp": utcnow().isoformat(timespec="seconds"), "entry": entries})
+                             "timestamp": utcnow().isoformat(timespec="seconds"), "entry": entries})
 
 
 # --- signing ------------------------------------------------------------------------------

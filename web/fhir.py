@@ -159,7 +159,7 @@ def subscribe():
 def subscriptions_of_user():
     items = subscriptions.listing(runtime(), g.user)
     return fhir(read.searchset(items, f"{_base()}fhir/Subscription", len(items), _base(), "Subscription",
-                                [], 0, max(1, len(items))))
+                               [], 0, max(1, len(items))))
 
 
 @bp.get("/Subscription/<sub_id>")

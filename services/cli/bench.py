@@ -156,7 +156,8 @@ def fhir(n: int, cases: int, reads: int, postgres_admin_url: str) -> None:
 @click.option("--rate", type=click.FloatRange(0.2, 100), default=3.0, show_default=True,
               help="Cases submitted per second, steadily.")
 @click.option("--phase", "phase_s", type=click.FloatRange(2, 600), default=20, show_default=True,
-              help="Seconds of each phase (before, after the promotion, after the rollback; without and with a shadow).")
+              help="Seconds of each phase (before and after the promotion, after the rollback; "
+                   "without and with a shadow).")
 @click.option("--workers", type=click.IntRange(1, 8), default=2, show_default=True)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None)
 @click.option("--postgres-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",

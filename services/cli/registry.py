@@ -1,6 +1,6 @@
 """`dermatriage model register|list|show|shadow|promote|rollback|compare`: the model registry
-(services/registry.py); services/cli/__init__.py adds them to the ``model`` group. Every change is recorded with who made it (``--by``, default the
-operating-system user) and why."""
+(services/registry.py); services/cli/__init__.py adds them to the ``model`` group. Every
+change is recorded with who made it (``--by``, default the operating-system user) and why."""
 
 from __future__ import annotations
 
@@ -115,8 +115,6 @@ def rollback(reason: str, by: str | None) -> None:
     from services import registry
     v = _call(registry.rollback, runtime(), _by(by), reason)
     click.echo(f"rollback: {v['name']} {v['version']} is the champion again")
-
-
 
 
 @click.command("compare")

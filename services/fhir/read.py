@@ -186,11 +186,11 @@ def search_reports(rt: Runtime, user: User, args: list[tuple[str, str]], base_ur
         items = [rp.report(f, None, base_url) for f in rp.load_many(session, list(cases))]
     kept = [(k, v) for k, v in args if k not in ("_count", "_offset")]
     return searchset(items, f"{base_url}fhir/DiagnosticReport", total, base_url, "DiagnosticReport", kept,
-                      offset, count)
+                     offset, count)
 
 
 def searchset(items: list[dict], url: str, total: int, base_url: str, kind: str,
-               kept: Iterable[tuple[str, str]], offset: int, count: int) -> dict:
+              kept: Iterable[tuple[str, str]], offset: int, count: int) -> dict:
     from urllib.parse import urlencode
 
     def page(at: int) -> str:
@@ -220,5 +220,3 @@ def export_bundle(rt: Runtime, case_id: str, base_url: str = "") -> dict:
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "entry": [{"fullUrl": f"{base_url}fhir/{r['resourceType']}/{r['id']}", "resource": r}
                                        for r in resources]})
-
-

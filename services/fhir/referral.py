@@ -232,5 +232,5 @@ def submit(rt: Runtime, gp: User, body) -> tuple[bool, dict, str]:
         if location:
             item["location"] = location
         response.append({"response": item})
-    return created, valid(Bundle, {"resourceType": "Bundle", "type": "transaction-response",
-                                       "entry": response}), case.id
+    bundle = valid(Bundle, {"resourceType": "Bundle", "type": "transaction-response", "entry": response})
+    return created, bundle, case.id
