@@ -1,11 +1,15 @@
 """The codes DermaTriage's FHIR resources use: SNOMED CT where we could verify the concept in
 a published terminology server, our own code systems (stable canonical URLs) for the rest.
 
-SNOMED CT concepts (checked on tx.fhir.org's SNOMED browser, International Edition):
-254701007 Basal cell carcinoma of skin, 372130007 Malignant melanoma of skin,
-400096001 Melanocytic nevus. The other classes (actinic keratosis / SCC in situ, benign
-keratosis, dermatofibroma, vascular lesion) carry our own code only, until each concept is
-checked the same way: a wrong clinical code is worse than none.
+SNOMED CT concepts, each from a published source:
+- tx.fhir.org's SNOMED CT browser (International Edition): 254701007 Basal cell carcinoma of
+  skin, 372130007 Malignant melanoma of skin, 400096001 Melanocytic nevus;
+- DICOM PS3.16 (the dermatology context groups, as pydicom's code dictionary ships them):
+  201101007 Actinic keratosis (CID 4405), and the red flags 297968009 Bleeding skin and
+  162499001 Symptom has changed (CID 4406).
+Benign keratosis, dermatofibroma and vascular lesion carry our own code only, until each
+concept is checked the same way: a wrong clinical code is worse than none. The AK/SCC in
+situ class is coded as actinic keratosis, its commonest member; its text says both.
 """
 
 from __future__ import annotations
@@ -37,16 +41,18 @@ SNOMED_DIAGNOSIS = {
     Diagnosis.BCC: ("254701007", "Basal cell carcinoma of skin"),
     Diagnosis.MEL: ("372130007", "Malignant melanoma of skin"),
     Diagnosis.NV: ("400096001", "Melanocytic nevus"),
+    Diagnosis.AKIEC: ("201101007", "Actinic keratosis"),
 }
 
-# Codes the referral's ServiceRequest.reason may carry: the form's red flags.
+# Codes the referral's ServiceRequest.reason may carry: the form's red flags, ours or SNOMED CT.
 RED_FLAGS = {"changed": "Lesion has changed", "bleeding": "Lesion bleeds"}
+RED_FLAG_SNOMED = {"changed": ("162499001", "Symptom has changed"), "bleeding": ("297968009", "Bleeding skin")}
 
 
 def diagnosis_concept(code: str, other_text: str = "") -> dict:
     """A diagnosis as a CodeableConcept: SNOMED CT (where verified) and our own code."""
     dx = Diagnosis(code)
-    name = other_text or DIAGNOSIS_NAMES[dx] if dx == Diagnosis.OTHER else DIAGNOSIS_NAMES[dx]
+    name = (other_text or DIAGNOSIS_NAMES[dx]) if dx == Diagnosis.OTHER else DIAGNOSIS_NAMES[dx]
     coding = []
     if dx in SNOMED_DIAGNOSIS:
         sct, display = SNOMED_DIAGNOSIS[dx]

@@ -152,8 +152,13 @@ def form_of(entries: _Entries) -> tuple[dict, str, int]:
     if sites and site is None:
         raise FhirError(f"bodySite must be one of {', '.join(values(BodySite))} (system {codes.CS_BODY_SITE})",
                         f"{at_sr}.bodySite")
-    flags = {c for s, c in _codes([r.get("concept") or {} for r in sr.get("reason") or []])
-             if s in (codes.CS_RED_FLAG, None) and c in codes.RED_FLAGS}
+    by_snomed = {sct: flag for flag, (sct, _) in codes.RED_FLAG_SNOMED.items()}
+    flags = set()
+    for s, c in _codes([r.get("concept") or {} for r in sr.get("reason") or []]):
+        if s in (codes.CS_RED_FLAG, None) and c in codes.RED_FLAGS:
+            flags.add(c)
+        elif s == codes.SNOMED and c in by_snomed:
+            flags.add(by_snomed[c])
     form = {"patient_pseudonym": pseudonym, "age": _age(patient, at_pt), "sex": patient.get("gender", ""),
             "body_site": site or "", "changed": "changed" in flags, "bleeding": "bleeding" in flags,
             "gp_question": " ".join(n.get("text", "") for n in sr.get("note") or []).strip()}

@@ -341,8 +341,14 @@ def service_request(f: CaseFacts) -> dict:
     if case.external_ref and case.external_ref.startswith("fhir:"):
         system, _, value = case.external_ref[5:].partition("|")
         identifier.insert(0, {"system": system, "value": value} if system else {"value": value})
-    reasons = [{"concept": concept(codes.CS_RED_FLAG, flag, codes.RED_FLAGS[flag])}
-               for flag in ("changed", "bleeding") if getattr(case, flag)]
+    reasons = []
+    for flag in ("changed", "bleeding"):
+        if getattr(case, flag):
+            sct, display = codes.RED_FLAG_SNOMED[flag]
+            reasons.append({"concept": {"coding": [{"system": codes.SNOMED, "code": sct, "display": display},
+                                                   {"system": codes.CS_RED_FLAG, "code": flag,
+                                                    "display": codes.RED_FLAGS[flag]}],
+                                        "text": codes.RED_FLAGS[flag]}})
     body = {"resourceType": "ServiceRequest", "id": case.id, "identifier": identifier,
             "status": "completed" if f.reviews else "active", "intent": "order",
             "code": {"concept": concept(codes.CS_REPORT, "teledermatology-referral", "Teledermatology referral")},

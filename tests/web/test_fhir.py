@@ -317,3 +317,34 @@ def test_export_writes_the_report_bundle(embedded_stack, ham_jpegs, tmp_path):
         "DiagnosticReport", "ServiceRequest", "Patient", "Provenance"]
     missing = CliRunner().invoke(main, ["fhir", "export", "--case", "nope"], env=env)
     assert missing.exit_code != 0 and "no case nope" in missing.output
+
+
+def test_every_snomed_code_we_emit_is_from_a_published_source(embedded_stack, ham_jpegs):
+    """SNOMED CT codes: 254701007, 372130007 and 400096001 as tx.fhir.org's SNOMED CT browser
+    (International Edition) publishes them; the rest from DICOM PS3.16's dermatology context
+    groups as pydicom ships them (CID 4405 history/diagnoses, CID 4406 symptoms), checked here
+    against that dictionary."""
+    from pydicom.sr.codedict import codes as dicom
+
+    from services.fhir import codes
+    published = {"254701007": "Basal cell carcinoma of skin", "372130007": "Malignant melanoma of skin",
+                 "400096001": "Melanocytic nevus",
+                 dicom.SCT.ActinicKeratosis.value: "Actinic keratosis",
+                 dicom.SCT.BleedingSkin.value: "Bleeding skin",
+                 dicom.SCT.SymptomHasChanged.value: "Symptom has changed"}
+    ours = {code: display for code, display in codes.SNOMED_DIAGNOSIS.values()}
+    ours.update({code: display for code, display in codes.RED_FLAG_SNOMED.values()})
+    assert ours == published
+    # a referral may state its red flags in SNOMED CT; the ServiceRequest says them both ways
+    client = embedded_stack.app().test_client()
+    gp = token_for(client, "gp1")
+    bundle = referral_bundle(ham_jpegs[:1])
+    bundle["entry"][1]["resource"]["reason"] = [
+        {"concept": {"coding": [{"system": "http://snomed.info/sct", "code": "162499001"}]}}]
+    r = fhir_post(client, gp, bundle)
+    case_id = r.json["entry"][1]["response"]["location"].split("/")[1]
+    view = client.get(f"/api/v1/cases/{case_id}", headers=gp).json
+    assert (view["changed"], view["bleeding"]) == (True, False)
+    sr = client.get(f"/fhir/ServiceRequest/{case_id}", headers=gp).json
+    assert sr["reason"][0]["concept"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "162499001",
+                                                       "display": "Symptom has changed"}
