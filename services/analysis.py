@@ -167,11 +167,6 @@ def serving(rt: Runtime):
             analyser.close()
 
 
-def case_of(rt: Runtime, job_id: str) -> str:
-    with rt.read() as s:
-        return s.scalar(select(AnalysisJob.case_id).where(AnalysisJob.id == job_id))
-
-
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

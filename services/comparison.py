@@ -66,16 +66,28 @@ def _reading(case: Case, findings: list[ImageFinding], card: dict, image_id: str
                    image_id)
 
 
-def readings(session: Session, version: ModelVersion) -> dict[str, tuple[list[ImageFinding], str | None]]:
-    """case id -> (findings, first image id): from its predictions, and from its shadow
-    readings for the cases it did not serve."""
+def cases_read(session: Session, version: ModelVersion) -> set[str]:
+    """The cases a version read, served or as a shadow (ids only: a champion's predictions
+    are many and heavy, and only the cases both models read are loaded)."""
+    served = session.scalars(select(Prediction.case_id).where(Prediction.model_sha256 == version.weights_sha256)
+                             .distinct())
+    watched = session.scalars(select(ShadowReading.case_id).where(ShadowReading.model_version_id == version.id))
+    return set(served) | set(watched)
+
+
+def readings(session: Session, version: ModelVersion,
+             case_ids: set[str]) -> dict[str, tuple[list[ImageFinding], str | None]]:
+    """case id -> (findings, first image id) for ``case_ids``: from its predictions, and from
+    its shadow readings for the cases it did not serve."""
     out: dict[str, tuple[list[ImageFinding], str | None]] = {}
     by_case: dict[str, list[Prediction]] = {}
-    for p in session.scalars(select(Prediction).where(Prediction.model_sha256 == version.weights_sha256)):
+    for p in session.scalars(select(Prediction).where(Prediction.model_sha256 == version.weights_sha256,
+                                                      Prediction.case_id.in_(case_ids))):
         by_case.setdefault(p.case_id, []).append(p)
     for case_id, preds in by_case.items():
         out[case_id] = (_findings_of_predictions(preds), preds[0].image_id)
-    for r in session.scalars(select(ShadowReading).where(ShadowReading.model_version_id == version.id)):
+    for r in session.scalars(select(ShadowReading).where(ShadowReading.model_version_id == version.id,
+                                                         ShadowReading.case_id.in_(case_ids))):
         if r.case_id not in out:
             out[r.case_id] = ([ImageFinding(**f) for f in r.findings], None)
     return out
@@ -112,7 +124,8 @@ def compare(rt: Runtime, champion_id: str, shadow_id: str, margin: float, min_re
             top: int = 10) -> dict:
     with rt.read() as s:
         champ, other = s.get(ModelVersion, champion_id), s.get(ModelVersion, shadow_id)
-        a, b = readings(s, champ), readings(s, other)
+        common = cases_read(s, champ) & cases_read(s, other)
+        a, b = readings(s, champ, common), readings(s, other, common)
         both = sorted(set(a) & set(b))
         cases = {c.id: c for c in s.scalars(select(Case).where(Case.id.in_(both)))} if both else {}
         truth = _truth(s, set(both)) if both else {}

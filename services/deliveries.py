@@ -25,7 +25,7 @@ from fhir.resources.bundle import Bundle
 from sqlalchemy import func, select, update
 
 from . import checkpoints
-from .fhir import codes
+from .fhir import codes, valid
 from .fhir import report as rp
 from .models import Case, FhirNotification, FhirSubscription, utcnow
 from .runtime import Runtime
@@ -53,7 +53,7 @@ def notification(rt: Runtime, sub: FhirSubscription, n: FhirNotification, base_u
             facts = rp.load(session, session.get(Case, n.case_id))
         version = next(v for v in rp.timeline(facts) if v.number == n.report_version)
         entries.append({"fullUrl": focus, "resource": rp.report(facts, version, base_url)})
-    return rp.valid(Bundle, {"resourceType": "Bundle", "type": "subscription-notification",
+    return valid(Bundle, {"resourceType": "Bundle", "type": "subscription-notification",
                              "timestamp": utcnow().isoformat(timespec="seconds"), "entry": entries})
 
 

@@ -335,47 +335,45 @@ _cache_lock = threading.Lock()
 
 
 def forget_champion(rt: Runtime) -> None:
-    rt.__dict__.pop("_champion_cache", None)
-    rt.__dict__.pop("_shadow_cache", None)
+    for status in (CHAMPION, SHADOW):
+        rt.__dict__.pop(f"_{status}_cache", None)
 
 
-def champion(rt: Runtime) -> Champion | None:
-    """The champion now (read at most every CHAMPION_TTL_S per process); None while the
-    registry is empty (the worker then serves the file at DERMATRIAGE_MODEL_PATH)."""
+def _ref(v: ModelVersion) -> Champion:
+    return Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key, v.card_key)
+
+
+def _holding(rt: Runtime, status: str) -> Champion | None:
+    """The version with ``status`` now, read at most every CHAMPION_TTL_S per process."""
     now = time.monotonic()
-    cached = rt.__dict__.get("_champion_cache")
+    key = f"_{status}_cache"
+    cached = rt.__dict__.get(key)
     if cached is not None and now - cached[0] < CHAMPION_TTL_S:
         return cached[1]
     with _cache_lock:
         with rt.read() as s:
-            v = s.scalar(select(ModelVersion).where(ModelVersion.status == CHAMPION))
-            found = None if v is None else Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key,
-                                                    v.card_key)
-        rt.__dict__["_champion_cache"] = (now, found)
+            v = s.scalar(select(ModelVersion).where(ModelVersion.status == status))
+            found = None if v is None else _ref(v)
+        rt.__dict__[key] = (now, found)
     return found
+
+
+def champion(rt: Runtime) -> Champion | None:
+    """The champion now; None while the registry is empty (the worker then serves the file
+    at DERMATRIAGE_MODEL_PATH)."""
+    return _holding(rt, CHAMPION)
 
 
 def shadow_model(rt: Runtime) -> Champion | None:
-    """The shadow now (read at most every CHAMPION_TTL_S per process), or None."""
-    now = time.monotonic()
-    cached = rt.__dict__.get("_shadow_cache")
-    if cached is not None and now - cached[0] < CHAMPION_TTL_S:
-        return cached[1]
-    with rt.read() as s:
-        v = s.scalar(select(ModelVersion).where(ModelVersion.status == SHADOW))
-        found = None if v is None else Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key,
-                                                v.card_key)
-    rt.__dict__["_shadow_cache"] = (now, found)
-    return found
+    """The shadow now, or None."""
+    return _holding(rt, SHADOW)
 
 
 def by_id(rt: Runtime, version_id: str) -> tuple[Champion, str] | None:
     """A version as a loadable reference, and its status now."""
     with rt.read() as s:
         v = s.get(ModelVersion, version_id)
-        if v is None:
-            return None
-        return Champion(v.id, v.name, v.version, v.weights_sha256, v.weights_key, v.card_key), v.status
+        return None if v is None else (_ref(v), v.status)
 
 
 def fetch(rt: Runtime, model: Champion) -> Path:

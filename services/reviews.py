@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 def primary_prediction(session: Session, case: Case) -> Prediction | None:
     """The AI answer a review is set against: the newest prediction for the case's first
     analysed dermoscopic image (the image the regions are drawn on)."""
-    preds = session.scalars(select(Prediction).where(Prediction.case_id == case.id)).all()
+    return primary_of(case, session.scalars(select(Prediction).where(Prediction.case_id == case.id)).all())
+
+
+def primary_of(case: Case, preds: list[Prediction]) -> Prediction | None:
+    """``primary_prediction`` among predictions already loaded (a page of FHIR reports)."""
     if not preds:
         return None
     position = {i.id: i.position for i in case.images}

@@ -88,27 +88,25 @@ class Runtime:
         send = getattr(self.dispatcher, "urgent", None) if urgent else None
         (send or self.dispatcher)(job_id)
 
-    def request_deliveries(self) -> bool:
-        """Best effort: ask a CPU worker to send due FHIR notifications now (else the
-        periodic delivery sends them at the next sweep interval)."""
+    def _ask(self, what: str, send) -> bool:
+        """Best effort: False when the broker cannot take the request; the periodic job does
+        the same work a little later, so nothing is lost."""
         try:
-            from .broker import request_deliveries
-            request_deliveries(self.sender)
+            send(self.sender)
             return True
-        except Exception as exc:  # any transport error: nothing is lost, only later
-            log.info("could not request notification delivery: %s", exc)
+        except Exception as exc:  # any transport error
+            log.info("could not request %s: %s", what, exc)
             return False
 
+    def request_deliveries(self) -> bool:
+        """Ask a CPU worker to send due FHIR notifications now (else at the next sweep)."""
+        from .broker import request_deliveries
+        return self._ask("notification delivery", request_deliveries)
+
     def request_checkpoint(self) -> bool:
-        """Best effort: False when the broker cannot take the request (the periodic
-        checkpoint signs the records a little later instead)."""
-        try:
-            from .broker import request_checkpoint
-            request_checkpoint(self.sender)
-            return True
-        except Exception as exc:  # any transport error: nothing is lost, only later
-            log.info("could not request an audit checkpoint: %s", exc)
-            return False
+        """Ask a CPU worker to sign an audit checkpoint now (else the periodic one does)."""
+        from .broker import request_checkpoint
+        return self._ask("an audit checkpoint", request_checkpoint)
 
     def queue_depth(self) -> int | None:
         """Messages waiting in the broker's analysis queue, or None when it cannot be asked."""

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from . import registry
-from .models import CaseImage, ShadowReading, utcnow
+from .models import AnalysisJob, CaseImage, ShadowReading, utcnow
 from .risk import evidence_found
 from .runtime import Runtime
 from .vocabulary import ImageKind
@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
-def request(rt: Runtime, case_id: str) -> bool:
-    """After the champion's analysis: ask for the shadow's reading, if there is a shadow.
+def request(rt: Runtime, job_id: str) -> bool:
+    """After the champion's analysis job: ask for the shadow's reading of its case, if there
+    is a shadow (looked up from the cache first: without one the job costs nothing more).
     Best effort: a lost request is a case the comparison does not have, nothing more."""
     model = registry.shadow_model(rt)
     if model is None:
+        return False
+    with rt.read() as s:
+        case_id = s.scalar(select(AnalysisJob.case_id).where(AnalysisJob.id == job_id))
+    if case_id is None:
         return False
     try:
         from .broker import request_shadow_reading

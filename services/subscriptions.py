@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from . import permissions
 from .errors import NotFound
-from .fhir import codes
+from .fhir import codes, valid
 from .fhir.errors import FhirError
 from .models import Case, FhirNotification, FhirSubscription, User
 from .runtime import Runtime
@@ -29,11 +29,6 @@ from .runtime import Runtime
 CONTENT = ("id-only", "full-resource")
 REST_HOOK = "rest-hook"
 CHANNEL_SYSTEM = "http://terminology.hl7.org/CodeSystem/subscription-channel-type"
-
-
-def valid(model, body: dict) -> dict:
-    model.model_validate(body)
-    return body
 
 
 # --- the Subscription resource ------------------------------------------------------------

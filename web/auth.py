@@ -26,15 +26,19 @@ def _roles(action: frozenset) -> str:
     return " or ".join(permissions.role_names(action))
 
 
-def api_login_required(action: frozenset):
-    """401 without a valid token, 403 with the wrong role."""
+def api_login_required(action: frozenset, pages_may_read: bool = False):
+    """401 without a valid token, 403 with the wrong role. ``pages_may_read``: a GET may also
+    come with a page session (the FHIR report a case page links)."""
     def decorator(fn):
         @wraps(fn)
         def wrapper(*args, **kwargs):
             header = request.headers.get("Authorization", "")
-            if not header.startswith("Bearer "):
-                raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)")
-            user = users.user_for_token(runtime(), header[7:].strip())
+            if header.startswith("Bearer "):
+                user = users.user_for_token(runtime(), header[7:].strip())
+            else:
+                user = page_user() if pages_may_read and request.method == "GET" else None
+                if user is None:
+                    raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)")
             if not permissions.allowed(user.role, action):
                 raise Forbidden(f"this needs the role {_roles(action)}")
             g.user = user

@@ -5,39 +5,22 @@ the case page can link its report); errors are OperationOutcomes (web/errors.py)
 from __future__ import annotations
 
 import json
-from functools import wraps
 from importlib.metadata import PackageNotFoundError, version
 
 from flask import Blueprint, Flask, Response, g, request
 
-from services import access, permissions, subscriptions, users
-from services.errors import Forbidden, Unauthorized
+from services import access, permissions, subscriptions
 from services.fhir import FHIR_JSON, capability, read, referral
 from services.vocabulary import AccessAction
 
-from .auth import _roles, client_address, logged, page_user, runtime
+from .auth import api_login_required, client_address, logged, runtime
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
 
 def fhir_user(action: frozenset, pages_may_read: bool = True):
-    """401 without a token (or, for reads, a page session), 403 with the wrong role."""
-    def decorator(fn):
-        @wraps(fn)
-        def wrapper(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
-            if header.startswith("Bearer "):
-                user = users.user_for_token(runtime(), header[7:].strip())
-            else:
-                user = page_user() if pages_may_read and request.method == "GET" else None
-                if user is None:
-                    raise Unauthorized("send 'Authorization: Bearer <token>' (POST /api/v1/auth/token)")
-            if not permissions.allowed(user.role, action):
-                raise Forbidden(f"this needs the role {_roles(action)}")
-            g.user = user
-            return fn(*args, **kwargs)
-        return wrapper
-    return decorator
+    """The API's token check; FHIR reads also take a page session."""
+    return api_login_required(action, pages_may_read)
 
 
 def fhir(body: dict, status: int = 200, **headers) -> Response:

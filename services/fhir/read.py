@@ -18,6 +18,7 @@ from ..models import Case, Prediction, Review, User
 from ..runtime import Runtime
 from ..vocabulary import ReviewPurpose
 from . import report as rp
+from . import valid
 from .errors import FhirError
 
 DEFAULT_COUNT, MAX_COUNT = 20, 100
@@ -67,7 +68,7 @@ def history(rt: Runtime, user: User, case_id: str, base_url: str) -> dict:
                                     "url": "DiagnosticReport" if v.number == 1 else f"DiagnosticReport/{case_id}"},
                         "response": {"status": "201 Created" if v.number == 1 else "200 OK",
                                      "etag": f'W/"{v.number}"', "lastModified": rp._iso(v.at)}})
-    return rp.valid(Bundle, {"resourceType": "Bundle", "type": "history", "total": len(entries),
+    return valid(Bundle, {"resourceType": "Bundle", "type": "history", "total": len(entries),
                              "link": [{"relation": "self",
                                        "url": f"{base_url}fhir/DiagnosticReport/{case_id}/_history"}],
                              "entry": entries})
@@ -200,7 +201,7 @@ def searchset(items: list[dict], url: str, total: int, base_url: str, kind: str,
         links.append({"relation": "next", "url": page(offset + count)})
     if offset > 0:
         links.append({"relation": "previous", "url": page(max(0, offset - count))})
-    return rp.valid(Bundle, {
+    return valid(Bundle, {
         "resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
         "entry": [{"fullUrl": f"{base_url}fhir/{kind}/{r['id']}", "resource": r, "search": {"mode": "match"}}
                   for r in items]})
@@ -216,7 +217,7 @@ def export_bundle(rt: Runtime, case_id: str, base_url: str = "") -> dict:
         f = rp.load(session, case)
     resources = [rp.report(f, None, base_url), rp.service_request(f), rp.patient(f.case)]
     resources += [rp.provenance(f, v) for v in rp.timeline(f)]
-    return rp.valid(Bundle, {"resourceType": "Bundle", "type": "collection",
+    return valid(Bundle, {"resourceType": "Bundle", "type": "collection",
                              "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "entry": [{"fullUrl": f"{base_url}fhir/{r['resourceType']}/{r['id']}", "resource": r}
                                        for r in resources]})

@@ -26,7 +26,7 @@ from ..runtime import Runtime
 from ..vocabulary import BodySite, ImageKind, values
 from . import codes
 from .errors import FhirError
-from .report import valid
+from . import valid
 
 ACCEPTED = ("Patient", "ServiceRequest", "DocumentReference", "Binary")
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/dicom")

@@ -28,8 +28,9 @@ def twin_models(folder):
     return first, second
 
 
-def test_the_shadow_reads_apart_and_is_promoted_on_evidence(make_product, ham_jpegs, tmp_path):
-    stack = make_product("embedded", DERMATRIAGE_PROMOTION_MIN_REVIEWED=4)
+def shadowed_cases(stack, tmp_path, bccs: list[bytes], naevi: list[bytes]) -> tuple[dict, dict, list[str]]:
+    """A champion (1.0.0) and its twin as the shadow (1.1.0); each image a case the champion
+    analysed, the shadow read and a dermatologist reviewed (BCC or naevus)."""
     rt = stack.runtime()
     first, second = twin_models(tmp_path)
     a = registry.register(rt, first, "ml-eng")[0]
@@ -40,14 +41,22 @@ def test_the_shadow_reads_apart_and_is_promoted_on_evidence(make_product, ham_jp
     client = stack.app().test_client()
     derm = token_for(client, "derm1")
     cases = []
-    for i, jpeg in enumerate(ham_jpegs[:3] + ham_jpegs[4:7]):   # three BCCs, three naevi
+    for i, jpeg in enumerate(bccs + naevi):
         case_id = analysed_case(stack, engine, [jpeg], patient_pseudonym=f"S-{i}")
         assert shadow.read_case(rt, case_id, b["id"]) == "done"
         assert shadow.read_case(rt, case_id, b["id"]) == "skipped"       # once
         assert client.post(f"/api/v1/cases/{case_id}/claim", headers=derm).status_code == 200
-        body = review_body(diagnosis="bcc" if i < 3 else "nv", override_reason="histology")
+        body = review_body(diagnosis="bcc" if i < len(bccs) else "nv", override_reason="histology")
         assert client.post(f"/api/v1/cases/{case_id}/review", headers=derm, json=body).status_code in (200, 201)
         cases.append(case_id)
+    return a, b, cases
+
+
+def test_the_shadow_reads_apart_and_is_promoted_on_evidence(make_product, ham_jpegs, tmp_path):
+    stack = make_product("embedded", DERMATRIAGE_PROMOTION_MIN_REVIEWED=4)
+    rt = stack.runtime()
+    a, b, cases = shadowed_cases(stack, tmp_path, ham_jpegs[:3], ham_jpegs[4:7])   # three BCCs, three naevi
+    client = stack.app().test_client()
     # apart: no prediction of the shadow, nothing of it on the case or in the queue
     with rt.read() as s:
         assert s.scalar(select(func.count()).select_from(ShadowReading)) == 6

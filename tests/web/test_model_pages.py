@@ -6,33 +6,14 @@ from __future__ import annotations
 import io
 import zipfile
 
-from services import registry, shadow
 from services.checkpoints import export_bundle
-from services.diagnosis.engine import Engine
-from tests.factories import analysed_case, login, review_body, token_for
-from tests.services.test_shadow import twin_models
+from tests.factories import login
+from tests.services.test_shadow import shadowed_cases
 from tests.web.test_review_pages import csrf
 
 
 def compared(stack, ham_jpegs, tmp_path) -> tuple[dict, dict, list[str]]:
-    rt = stack.runtime()
-    first, second = twin_models(tmp_path)
-    a = registry.register(rt, first, "ml-eng")[0]
-    registry.promote(rt, a["id"], "make", "installation", override=True)
-    b = registry.register(rt, second, "ml-eng")[0]
-    registry.shadow(rt, b["id"], "ml-eng", "watch it")
-    engine = Engine.load(first, "cpu")
-    client = stack.app().test_client()
-    derm = token_for(client, "derm1")
-    ids = []
-    for i, jpeg in enumerate(ham_jpegs[:2] + ham_jpegs[4:6]):
-        case_id = analysed_case(stack, engine, [jpeg], patient_pseudonym=f"M-{i}")
-        shadow.read_case(rt, case_id, b["id"])
-        client.post(f"/api/v1/cases/{case_id}/claim", headers=derm)
-        client.post(f"/api/v1/cases/{case_id}/review", headers=derm,
-                    json=review_body(diagnosis="bcc" if i < 2 else "nv", override_reason="histology"))
-        ids.append(case_id)
-    return a, b, ids
+    return shadowed_cases(stack, tmp_path, ham_jpegs[:2], ham_jpegs[4:6])
 
 
 def test_model_pages_for_each_role(make_product, ham_jpegs, tmp_path):
