@@ -97,9 +97,16 @@ def figures(target_logits: np.ndarray, diagnosis_logits: np.ndarray, labels: Lab
 
 
 def validate(model: BCCPatternNet, real: torch.Tensor, samples: list[Sample], labels: Labels,
-             cfg: RealTrainConfig, result: dict, progress: Callable[[int], None] = lambda n: None) -> dict:
+             cfg: RealTrainConfig, result: dict, progress: Callable[[int], None] = lambda n: None,
+             out_of_fold: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The leave-one-collection-out figures of the recipe ``cfg`` on cached features ``real``
-    ((views, N, C)); ``model`` is left untouched (a copy carries each split's read-outs)."""
+    ((views, N, C)); ``model`` is left untouched (a copy carries each split's read-outs).
+
+    With ``out_of_fold`` (the random folds' target and diagnosis logits of every image), each
+    collection also gets ``in_source``: the same images read by the random folds' models,
+    which saw the rest of their collection. The pooled in-source figure mixes every
+    collection's case mix (mostly naevi); this one compares like with like, so the difference
+    to the held-out figure is what a new clinic costs on that case mix."""
     splits = holdouts(samples)
     readouts = fit_readouts(real, labels, [h.train for h in splits], cfg, progress)
     scratch = copy.deepcopy(model)
@@ -109,8 +116,15 @@ def validate(model: BCCPatternNet, real: torch.Tensor, samples: list[Sample], la
         targets, diagnoses = head_logits(scratch, real[0, split.test])
         train_dx = labels.dx[split.train]
         prior = np.bincount(train_dx[train_dx >= 0].numpy(), minlength=len(DIAGNOSES)) / int((train_dx >= 0).sum())
-        out[split.collection] = {**figures(targets, diagnoses, labels.subset(split.test), prior, result, cfg.seed),
+        test = labels.subset(split.test)
+        out[split.collection] = {**figures(targets, diagnoses, test, prior, result, cfg.seed),
                                  "training_images": int(split.train.sum()), "dropped_shared_lesions": split.dropped}
+        if out_of_fold is not None:
+            rows = split.test.numpy()
+            dx = labels.dx[labels.dx >= 0].numpy()
+            out[split.collection]["in_source"] = figures(
+                out_of_fold[0][rows], out_of_fold[1][rows], test,
+                np.bincount(dx, minlength=len(DIAGNOSES)) / len(dx), result, cfg.seed)
     return {"scheme": "leave one collection out: the BCC and diagnosis read-outs refitted on the other "
                       "collections, the held-out one read with the served model's calibration and "
                       "operating points; 95% bootstrap intervals; a figure needs "

@@ -88,7 +88,7 @@ def build_real(out: Path, cfg: RealTrainConfig = RealTrainConfig(), progress: bo
         with tqdm(total=cfg.max_iter, desc="heads with each collection held out (one L-BFGS solve)",
                   unit="eval", disable=not progress) as bar:
             elsewhere = out_of_source(model, feats.real, samples, labels, cfg, result,
-                                      _capped(bar, cfg.max_iter))
+                                      _capped(bar, cfg.max_iter), out_of_fold=(oof_t, oof_d))
     t_gate = time.perf_counter()
     gate = None
     if model.scope_head is not None:

@@ -346,6 +346,8 @@ def test_card_carries_the_figures_with_each_collection_held_out_and_the_weights_
     assert set(oos["collections"]) == held and len(held) >= 3 and "derm7pt" in held
     for name, figures in oos["collections"].items():
         assert figures["images"] > 0 and figures["training_images"] > 0
+        # The same images as the random folds read them: the like-for-like in-source figure.
+        assert figures["in_source"]["images"] == figures["images"]
     without = train.build_real(tmp_path / "alone.pt", recipe.RealTrainConfig(**{**TINY, "out_of_source": False}),
                                progress=False, log=lambda *_: None)
     assert "out_of_source" not in without.metrics
