@@ -63,10 +63,11 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--views", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Versions of each image cached (view 0 unaugmented).")
-@click.option("--augmentation", type=click.Choice(["dihedral", "full"]), default="dihedral",
-              show_default=True,
-              help="How views 1.. are drawn: one of the square's other 7 symmetries (lossless), or "
-                   "the seed's rotation, flips, blur, perspective and colour (docs/experiments.md).")
+@click.option("--augmentation", type=click.Choice(["dihedral", "dihedral+camera", "full"]),
+              default="dihedral", show_default=True,
+              help="How views 1.. are drawn: one of the square's other 7 symmetries (lossless), the "
+                   "same under another dermatoscope's colour, or the seed's rotation, flips, blur, "
+                   "perspective and colour (docs/experiments.md).")
 @click.option("--invariance", type=click.FloatRange(0, 100), default=0.1, show_default=True,
               help="Weight of the views' agreement in the BCC and diagnosis read-outs (0: none).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)

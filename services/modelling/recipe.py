@@ -27,9 +27,10 @@ INTENDED_USE = (
 class RealTrainConfig:
     seed: int = 0
     views: int = 2                   # cached versions of each image: view 0 unaugmented
-    # How views 1.. are drawn: "dihedral" (one of the square's 7 other symmetries, lossless)
-    # or "full" (the seed's rotation, flips, blur, perspective and colour). Why the first:
-    # experiments.md, "Views".
+    # How views 1.. are drawn (``views.AUGMENTATIONS``): "dihedral" (one of the square's 7
+    # other symmetries, lossless), "dihedral+camera" (the symmetry under another
+    # dermatoscope's white balance, exposure and gamma) or "full" (the seed's rotation, flips,
+    # blur, perspective and colour). Why the first: experiments.md, "Views" and "Collections".
     augmentation: str = "dihedral"
     # Weight of the views' agreement in the BCC and diagnosis read-outs' objective: the mean
     # squared difference of each image's logits between its views (experiments.md, "Views").

@@ -1,10 +1,14 @@
 """The views of an image that the build caches: view 0 as the engine serves it, the others
-a symmetry (the default) or the seed's augmentation, each drawn from (seed, image, view)
-alone so that a build is a function of its seed.
+a symmetry (the default), a symmetry under another camera's colour, or the seed's
+augmentation, each drawn from (seed, image, view) alone so that a build is a function of its
+seed.
 
 Why symmetries and not the seed's augmentation: on a frozen backbone each cached view is one
 fixed sample, and colour jitter and resampling blur move it off the image (docs/experiments.md,
-"Views").
+"Views"). Another camera's colour on top makes the read-outs' invariance between views cover
+white balance and exposure too, what a clinic's dermatoscope changes: it gained on the one
+foreign camera (Derm7pt) and lost a little on a HAM10000 collection, so it is not the build's
+(docs/experiments.md, "Collections").
 """
 
 from __future__ import annotations
@@ -33,6 +37,26 @@ def dihedral(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.transpose(_SYMMETRIES[int(rng.integers(len(_SYMMETRIES)))])
 
 
+# Log-normal spread of the camera's channel gains, exposure and gamma: 0.1 cost more in source
+# than 0.05 for the same gain on Derm7pt (docs/experiments.md, "Collections").
+CAMERA_SPREAD = 0.05
+
+
+def camera(img: Image.Image, rng: np.random.Generator, spread: float = CAMERA_SPREAD) -> Image.Image:
+    """The image as another dermatoscope would render it: a white balance (per-channel gains
+    with their geometric mean 1), an exposure and a gamma. Geometry untouched."""
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    gains = np.exp(rng.normal(0, spread, 3))
+    gains /= np.exp(np.log(gains).mean())
+    exposure, gamma = np.exp(rng.normal(0, spread, 2))
+    a = np.clip(a * (gains * exposure), 0, 1) ** gamma
+    return Image.fromarray((a * 255 + 0.5).astype(np.uint8))
+
+
+def dihedral_camera(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return camera(dihedral(img, rng), rng)
+
+
 def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Rotation, flips, blur, perspective and colour, as dermoscopy varies between shots
     (the seed's augmentation)."""
@@ -58,7 +82,7 @@ def augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 AUGMENTATIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
-    "dihedral": dihedral, "full": augment}
+    "dihedral+camera": dihedral_camera, "dihedral": dihedral, "full": augment}
 
 
 def view_of(img: Image.Image, i: int, view: int, cfg: "RealTrainConfig") -> Image.Image:

@@ -273,6 +273,34 @@ def test_dihedral_views_are_the_squares_other_symmetries_and_lose_no_pixel():
     assert len(seen) == 7
 
 
+def test_camera_views_recolour_without_moving_a_pixel():
+    """Another camera's rendering: the channels' balance, exposure and gamma change, the
+    geometry does not (a flat patch stays flat, an edge stays where it was)."""
+    from PIL import Image
+
+    img = np.full((8, 8, 3), 120, np.uint8)
+    img[:, 4:] = 200
+    shifts = []
+    for i in range(32):
+        view = np.asarray(views.camera(Image.fromarray(img), np.random.default_rng([0, i, 1])), dtype=int)
+        assert view.shape == img.shape
+        assert (view[:, :4] == view[0, 0]).all() and (view[:, 4:] == view[0, 4]).all()
+        assert (view[0, 4] > view[0, 0]).all()      # the brighter half stays brighter
+        shifts.append(view[0, 0] - 120)
+    shifts = np.array(shifts)
+    # Channels move apart (white balance), by a few levels: a spread of 0.05, not a new image.
+    assert (shifts[:, 0] != shifts[:, 2]).mean() > 0.9 and np.abs(shifts).max() < 40
+    # `--augmentation dihedral+camera`: a symmetry, recoloured, drawn from the seed alone.
+    rng = np.random.default_rng(5)
+    original = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    cfg = recipe.RealTrainConfig(augmentation="dihedral+camera")
+    first, again = (np.asarray(views.view_of(original, 3, 1, cfg)) for _ in range(2))
+    assert np.array_equal(first, again)
+    symmetric = np.asarray(views.view_of(original, 3, 1, recipe.RealTrainConfig()))
+    assert not np.array_equal(first, symmetric)
+    assert np.abs(first.astype(int) - symmetric).mean() < 15
+
+
 def test_invariance_pulls_each_images_views_together():
     """With ``invariance``, a read-out gives less weight to what differs between an image's
     views: here column 3 predicts the label but changes between the two views."""
