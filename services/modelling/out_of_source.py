@@ -110,26 +110,31 @@ def validate(model: BCCPatternNet, real: torch.Tensor, samples: list[Sample], la
     splits = holdouts(samples)
     readouts = fit_readouts(real, labels, [h.train for h in splits], cfg, progress)
     scratch = copy.deepcopy(model)
+    # The random folds' models were trained on (nearly) every image: their class frequency.
+    all_prior = _frequency(labels.dx)
     out = {}
     for split, readout in zip(splits, readouts):
         readout.install(scratch)
         targets, diagnoses = head_logits(scratch, real[0, split.test])
-        train_dx = labels.dx[split.train]
-        prior = np.bincount(train_dx[train_dx >= 0].numpy(), minlength=len(DIAGNOSES)) / int((train_dx >= 0).sum())
         test = labels.subset(split.test)
-        out[split.collection] = {**figures(targets, diagnoses, test, prior, result, cfg.seed),
+        out[split.collection] = {**figures(targets, diagnoses, test, _frequency(labels.dx[split.train]), result,
+                                           cfg.seed),
                                  "training_images": int(split.train.sum()), "dropped_shared_lesions": split.dropped}
         if out_of_fold is not None:
             rows = split.test.numpy()
-            dx = labels.dx[labels.dx >= 0].numpy()
-            out[split.collection]["in_source"] = figures(
-                out_of_fold[0][rows], out_of_fold[1][rows], test,
-                np.bincount(dx, minlength=len(DIAGNOSES)) / len(dx), result, cfg.seed)
+            out[split.collection]["in_source"] = figures(out_of_fold[0][rows], out_of_fold[1][rows], test,
+                                                         all_prior, result, cfg.seed)
     return {"scheme": "leave one collection out: the BCC and diagnosis read-outs refitted on the other "
                       "collections, the held-out one read with the served model's calibration and "
                       "operating points; 95% bootstrap intervals; a figure needs "
                       f"{MIN_CLASS} images of each class",
             "collections": out, "plan_with": plan_with(out)}
+
+
+def _frequency(dx: torch.Tensor) -> np.ndarray:
+    """Each diagnosis's share of the labelled images (-1: none), the decision's prior."""
+    known = dx[dx >= 0].numpy()
+    return np.bincount(known, minlength=len(DIAGNOSES)) / len(known)
 
 
 def plan_with(collections: dict) -> dict:
