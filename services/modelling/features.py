@@ -2,9 +2,10 @@
 pooled as the heads read it, and kept (optionally on disk) so that fitting never touches an
 image again.
 
-Why small batches: the 224-px activations of a large batch are fresh memory on every pass,
-and page faults took a third of the CPU on 2 cores (``RealTrainConfig.extract_batch``;
-docs/experiments.md, "Extraction").
+Why batches of 16 and not more: the 224-px activations of a large batch are fresh memory on
+every pass, and page faults took a third of the CPU on 2 cores; below that, each pass's
+threads wait (and sleep) at every layer, which smaller batches pay more often
+(``RealTrainConfig.extract_batch``; docs/experiments.md, "Extraction").
 """
 
 from __future__ import annotations

@@ -79,10 +79,11 @@ class RealTrainConfig:
     akiec_sensitivity: float = 0.80  # "suspected SCC / precancer"
     limit: int | None = None         # first N images of each data set only (tests)
     threads: int = 2
-    # Images per forward pass of the extraction. Small on purpose: a large batch's 224-px
-    # activations are fresh mmap'd memory on every pass (glibc maps blocks over 32 MB) and the
-    # page faults cost more than the batch gains (experiments.md, "Extraction and memory").
-    extract_batch: int = 4
+    # Images per forward pass of the extraction. With freed memory kept in the heap
+    # (``services/memory.py``), 16 beat 4 by a third with the sleeping threads every
+    # ``dermatriage`` process has, and lost 5% beside a busy process; at 32 the activations
+    # are fresh mmap'd memory again (experiments.md, "Extraction and memory").
+    extract_batch: int = 16
     feature_cache: str | None = None  # file to keep extracted features in, reused if it matches
     # More labelled folders (labels.csv layout), e.g. `dermatriage labels export` of the
     # product's own reviewed cases: their pattern labels train and validate those heads.
