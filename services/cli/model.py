@@ -57,19 +57,32 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
     demo.build_demo(out, demo.TrainConfig(seed=seed), progress=not quiet, log=click.echo)
 
 
+def _weights(text: str) -> tuple[float, ...]:
+    """``--invariance``: non-negative weights separated by commas."""
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        weights = ()
+    if not weights or any(not 0 <= w <= 100 for w in weights):
+        raise click.BadParameter(f"{text!r}: weights from 0 to 100 separated by commas, e.g. 0.05,0.0125",
+                                 param_hint="--invariance")
+    return weights
+
+
 @model.command("train")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Weights file to write (default: var/models/real-bcc.pt).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--views", type=click.IntRange(1, 16), default=2, show_default=True,
+@click.option("--views", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Versions of each image cached (view 0 unaugmented).")
-@click.option("--augmentation", type=click.Choice(["dihedral", "dihedral+camera", "full"]),
-              default="dihedral", show_default=True,
-              help="How views 1.. are drawn: one of the square's other 7 symmetries (lossless), the "
-                   "same under another dermatoscope's colour, or the seed's rotation, flips, blur, "
-                   "perspective and colour (docs/experiments.md).")
-@click.option("--invariance", type=click.FloatRange(0, 100), default=0.1, show_default=True,
-              help="Weight of the views' agreement in the BCC and diagnosis read-outs (0: none).")
+@click.option("--augmentation", default="dihedral,dihedral+camera", show_default=True,
+              help="How views 1, 2, ... are drawn, one per view separated by commas (the last "
+                   "repeated): dihedral (one of the square's other 7 symmetries, lossless), "
+                   "dihedral+camera (the same under another dermatoscope's colour) or full (the "
+                   "seed's rotation, flips, blur, perspective and colour; docs/experiments.md).")
+@click.option("--invariance", default="0.05,0.0125", show_default=True,
+              help="Weight of each view's agreement with view 0 in the BCC and diagnosis read-outs, "
+                   "views 1, 2, ... separated by commas, the last repeated (0: none).")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True)
 @click.option("--loss", type=click.Choice(["weighted", "focal"]), default="weighted", show_default=True)
 @click.option("--solver", type=click.Choice(["exact", "adamw"]), default="exact", show_default=True,
@@ -105,7 +118,7 @@ def build_demo(out: Path | None, seed: int, if_missing: bool, quiet: bool) -> No
 @click.option("--if-missing", is_flag=True, help="Do nothing when the model already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver: str, synthetic: int,
-          augmentation: str, invariance: float,
+          augmentation: str, invariance: str,
           limit: int | None, extra: tuple[Path, ...] = (), min_pattern_labels: int = 10,
           finetune_from: int = 0, centre: int = 3, lesion: bool = True, device: str = "cpu",
           out_of_source: bool = True, ham_aspect: float | None = None, if_missing: bool = False,
@@ -116,6 +129,11 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
         raise click.BadParameter("must be 0 (frozen) or between 11 and 18", param_hint="--finetune-from")
     trainer = building("services.modelling.train")
     recipe = building("services.modelling.recipe")
+    try:
+        building("services.modelling.views").per_view(augmentation)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--augmentation") from None
+    weights = _weights(invariance)
     out = out or config.real_model_path()
     if if_missing and out.exists():
         click.echo(f"real-image model already present at {out}")
@@ -131,7 +149,7 @@ def train(out: Path | None, seed: int, views: int, folds: int, loss: str, solver
             raise click.ClickException("--device cuda: no CUDA device is available here "
                                        "(the CPU recipe is the default)")
         gpu = dict(image_finetune=True, device="cuda", image_workers=min(8, os.cpu_count() or 1))
-    cfg = recipe.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=invariance,
+    cfg = recipe.RealTrainConfig(seed=seed, views=views, augmentation=augmentation, invariance=weights,
                                  folds=folds, loss=loss, solver=solver,
                                  synthetic=synthetic, limit=limit, extra_datasets=tuple(map(str, extra)),
                                  min_pattern_labels=min_pattern_labels, finetune_from=finetune_from,

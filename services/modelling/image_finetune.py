@@ -1,8 +1,8 @@
 """Stage 2 on images: the backbone fine-tuned with fresh image-space augmentation at every
 step, for a GPU (``dermatriage model train --device cuda``).
 
-Why a recipe of its own: on 2 cores the build caches two views of every image once and
-trains on the cache, so every epoch sees the same two samples of each image; fine-tuning
+Why a recipe of its own: on 2 cores the build caches a few views of every image once and
+trains on the cache, so every epoch sees the same few samples of each image; fine-tuning
 through cached block-13 activations did not pay for its time (docs/experiments.md,
 "Stage 2"). On a GPU each step can draw a new augmented image (the seed's rotation, flips, blur,
 perspective and colour, ``views.augment``) and push gradients through every block, which is

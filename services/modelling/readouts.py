@@ -103,13 +103,21 @@ def fit_heads_exact(model: BCCPatternNet, x: torch.Tensor, labels: Labels, synth
         _set_linear(model.pattern_head, slice(j, j + 1), F.pad(w, (0, z.shape[1] - cols)), b)
 
 
-def _disagreement(per_view: torch.Tensor) -> torch.Tensor:
-    """Mean over images of the squared distance between their logits in view 0 and in
-    each other view: (views, images, outputs) -> scalar. Added to the read-outs' objective
-    with weight ``invariance``, it is a Tikhonov penalty on the weights along directions in
-    which the views of one image differ, so the read-outs lean on what an image's
-    symmetries leave unchanged (measured gain: experiments.md, "Views")."""
-    return (per_view[1:] - per_view[:1]).square().sum(-1).mean()
+def _disagreement(per_view: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Over images, the squared distance between their logits in view 0 and in each other
+    view, weighted per view (``invariance_weights``): (views, images, outputs) -> scalar.
+    Added to the read-outs' objective, it is a Tikhonov penalty on the weights along
+    directions in which the views of one image differ, so the read-outs lean on what an
+    image's symmetries and another camera's colour leave unchanged (measured gain:
+    experiments.md, "Views" and "Collections")."""
+    return ((per_view[1:] - per_view[:1]).square().sum(-1).mean(-1) * weights).sum()
+
+
+def invariance_weights(cfg: RealTrainConfig, views: int) -> torch.Tensor:
+    """The weight of each view's agreement with view 0 (views 1..): ``cfg.invariance``, the last
+    weight repeated for the views beyond."""
+    given = tuple(cfg.invariance)
+    return torch.tensor([given[min(v, len(given)) - 1] for v in range(1, views)], dtype=torch.float32)
 
 
 def pos_weight(y: torch.Tensor) -> torch.Tensor:
@@ -120,11 +128,12 @@ def _logistic(z: torch.Tensor, y: torch.Tensor, l2: float, cfg: RealTrainConfig,
               pos_weight=None, max_iter: int | None = None,
               views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise mean loss + l2 * |w|^2 (softmax when ``weight`` is given, else binary), plus
-    ``cfg.invariance`` times the views' disagreement when z's rows are ``views`` blocks of
-    the same images."""
+    the views' disagreement weighted by ``cfg.invariance`` when z's rows are ``views`` blocks
+    of the same images."""
     classes = 1 if weight is None else len(weight)
     w = torch.zeros(z.shape[1], classes, requires_grad=True)
     b = torch.zeros(classes, requires_grad=True)
+    agreement = invariance_weights(cfg, views)
     opt = torch.optim.LBFGS([w, b], max_iter=max_iter or cfg.max_iter, tolerance_change=1e-7,
                             history_size=20, line_search_fn="strong_wolfe")
 
@@ -142,8 +151,8 @@ def _logistic(z: torch.Tensor, y: torch.Tensor, l2: float, cfg: RealTrainConfig,
                     else F.cross_entropy(logits, y, weight=weight))
         else:
             loss = _binary(logits[:, 0], y.float(), cfg, pos_weight)
-        if cfg.invariance and views > 1:
-            loss = loss + cfg.invariance * _disagreement(zw.view(views, -1, classes))
+        if agreement.any():
+            loss = loss + _disagreement(zw.view(views, -1, classes), agreement)
         loss.backward()
         with torch.no_grad():
             w.grad = (zw.grad.T @ z).T.contiguous() + 2 * l2 * w
@@ -221,6 +230,7 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
     shift = torch.stack([(mean - m) / s for m, s in stats])          # (k, C): c
     w = torch.zeros(k, c, q, requires_grad=True)
     b = torch.zeros(k, q, requires_grad=True)
+    agreement = invariance_weights(cfg, views)
     opt = torch.optim.LBFGS([w, b], max_iter=cfg.max_iter, tolerance_change=1e-7, history_size=20,
                             line_search_fn="strong_wolfe")
 
@@ -236,13 +246,13 @@ def fit_readouts(x: torch.Tensor, labels: Labels, sets: list[torch.Tensor], cfg:
             loss = loss + (_focal(out, d_y, cfg.focal_gamma, d_weight) if cfg.loss == "focal"
                            else F.cross_entropy(out, d_y, weight=d_weight))
             loss = loss + _binary(logits[b_rows, i, -1], b_y, cfg, b_pos)
-            if cfg.invariance and views > 1:
+            if agreement.any():
                 # A set's logits differ between views only through zv (its shift and bias
                 # are the same for every view of an image). Over the images each read-out
                 # is fitted on, as ``_logistic`` does.
                 per_view = zv.view(views, n, k, q)
-                loss = loss + cfg.invariance * (_disagreement(per_view[:, d_images, i, :-1])
-                                                + _disagreement(per_view[:, b_images, i, -1:]))
+                loss = loss + (_disagreement(per_view[:, d_images, i, :-1], agreement)
+                               + _disagreement(per_view[:, b_images, i, -1:], agreement))
         loss.backward()
         with torch.no_grad():
             w.grad += scale[:, :, None] * (zv.grad.T @ z).T.reshape(c, k, q).permute(1, 0, 2)

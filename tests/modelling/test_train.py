@@ -221,7 +221,7 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(0)
-    views, n, c = 2, 240, 10
+    views, n, c = 3, 240, 10
     x = torch.randn(views, n, c, generator=gen) * torch.linspace(0.5, 3, c) + torch.linspace(-2, 2, c)
     truth = torch.randn(c, 7, generator=gen)
     dx = (x[0] @ truth).argmax(1)
@@ -231,7 +231,7 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
     labels = datasets.Labels(dx, bcc, torch.full((n, len(PATTERNS)), -1))
     folds = torch.arange(n) % 3
     sets = [folds != k for k in range(3)] + [torch.ones(n, dtype=torch.bool)]
-    cfg = recipe.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02, invariance=0.1)
+    cfg = recipe.RealTrainConfig(l2_diagnosis=0.01, l2_bcc=0.02, invariance=(0.1, 0.03))
     fitted = readouts.fit_readouts(x, labels, sets, cfg)
     assert len(fitted) == 4
     for rows, r in zip(sets, fitted):
@@ -245,10 +245,12 @@ def test_one_solve_of_all_folds_reaches_each_folds_own_optimum():
         loss = (F.cross_entropy(logits[d >= 0, :7], d[d >= 0], weight=weight) + 0.01 * w[:, :7].square().sum()
                 + F.binary_cross_entropy_with_logits(logits[b >= 0, 7], b[b >= 0].float(), pos_weight=pos)
                 + 0.02 * w[:, 7].square().sum())
-        # The views' disagreement, each read-out over the images it is fitted on.
+        # The views' disagreement with view 0, each read-out over the images it is fitted on,
+        # each view with its own weight.
         per_view = logits.view(views, -1, 8)
-        loss = loss + 0.1 * sum(((per_view[1:, m, cols] - per_view[:1, m, cols]) ** 2).sum(-1).mean()
-                                for m, cols in ((dx[rows] >= 0, slice(0, 7)), (bcc[rows] >= 0, slice(7, 8))))
+        loss = loss + sum(weight * ((per_view[v, m, cols] - per_view[0, m, cols]) ** 2).sum(-1).mean()
+                          for v, weight in ((1, 0.1), (2, 0.03))
+                          for m, cols in ((dx[rows] >= 0, slice(0, 7)), (bcc[rows] >= 0, slice(7, 8))))
         loss.backward()
         assert w.grad.abs().max() < 1e-3 and bias.grad.abs().max() < 1e-3
         alone, alone_b = readouts._logistic(z[d >= 0], d[d >= 0], 0.01, cfg, weight=weight, views=views)
@@ -296,9 +298,39 @@ def test_camera_views_recolour_without_moving_a_pixel():
     cfg = recipe.RealTrainConfig(augmentation="dihedral+camera")
     first, again = (np.asarray(views.view_of(original, 3, 1, cfg)) for _ in range(2))
     assert np.array_equal(first, again)
-    symmetric = np.asarray(views.view_of(original, 3, 1, recipe.RealTrainConfig()))
+    symmetric = np.asarray(views.view_of(original, 3, 1, recipe.RealTrainConfig(augmentation="dihedral")))
     assert not np.array_equal(first, symmetric)
     assert np.abs(first.astype(int) - symmetric).mean() < 15
+
+
+def test_the_builds_views_are_a_symmetry_then_a_recoloured_symmetry():
+    """The recipe's views, one augmentation per view: view 0 as served, view 1 a symmetry
+    (the same colours), view 2 and beyond a symmetry under another camera's colour."""
+    from PIL import Image
+
+    original = Image.fromarray(np.random.default_rng(5).integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    cfg = recipe.RealTrainConfig()
+    assert cfg.views == 3 and views.per_view(cfg.augmentation) == ("dihedral", "dihedral+camera")
+
+    def pixels(img):
+        return sorted(map(tuple, np.asarray(img).reshape(-1, 3)))
+
+    assert views.view_of(original, 2, 0, cfg) is original
+    assert pixels(views.view_of(original, 2, 1, cfg)) == pixels(original)
+    for view in (2, 3):        # the last augmentation repeats for the views beyond
+        assert pixels(views.view_of(original, 2, view, cfg)) != pixels(original)
+    with pytest.raises(ValueError, match="unknown augmentation 'sepia'"):
+        views.per_view("dihedral,sepia")
+
+
+def test_train_refuses_unknown_augmentations_and_bad_invariance_weights(tmp_path):
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(main, ["model", "train", "--augmentation", "dihedral,sepia", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown augmentation 'sepia'" in result.output
+    for bad in ("0.1,x", "-1", ""):
+        result = CliRunner().invoke(main, ["model", "train", "--invariance", bad, "--out", str(out)])
+        assert result.exit_code == 2 and "--invariance" in result.output and "separated by commas" in result.output
+    assert not out.exists()
 
 
 def test_invariance_pulls_each_images_views_together():
@@ -314,7 +346,7 @@ def test_invariance_pulls_each_images_views_together():
     z, labels = torch.cat([first, second]), y.repeat(2)
 
     def disagreement(invariance):
-        cfg = recipe.RealTrainConfig(invariance=invariance)
+        cfg = recipe.RealTrainConfig(invariance=(invariance,))
         w, b = readouts._logistic(z, labels, 0.01, cfg, pos_weight=readouts.pos_weight(labels), views=2)
         return ((second - first) @ w.T).square().mean().item(), w[0, 3].item() / w[0, 0].item()
 
