@@ -31,12 +31,12 @@ class RealTrainConfig:
     # the last repeated): "dihedral" (one of the square's 7 other symmetries, lossless),
     # "dihedral+camera" (the symmetry under another dermatoscope's white balance, exposure and
     # gamma) or "full" (the seed's rotation, flips, blur, perspective and colour). Why a
-    # symmetry and a recoloured symmetry: experiments.md, "Views" and "Collections".
+    # symmetry and a recoloured symmetry: experiments.md, "Views" and "Camera colour".
     augmentation: str = "dihedral,dihedral+camera"
     # Weight of each view's agreement with view 0 in the BCC and diagnosis read-outs' objective
     # (views 1, 2, ...; the last repeated): the mean squared difference of each image's logits
     # between the two views. The camera's view pulls a quarter as hard as the symmetry's: at
-    # half, in-source balanced accuracy and melanoma lost (experiments.md, "Collections").
+    # half, in-source melanoma lost (experiments.md, "Camera colour as a third view").
     invariance: tuple[float, ...] = (0.05, 0.0125)
     folds: int = 5
     epochs: int = 8                  # stage 1: heads at lr

@@ -9,7 +9,7 @@ fixed sample, and colour jitter and resampling blur move it off the image (docs/
 balance and exposure too, what a clinic's dermatoscope changes. As view 1 in place of the plain
 symmetry it cost in-source balanced accuracy; as a third view that pulls a quarter as hard, it
 gains on the one foreign camera (Derm7pt) and costs no held-out collection anything the
-resampling can tell from zero (docs/experiments.md, "Collections").
+resampling can tell from zero (docs/experiments.md, "Collections" and "Camera colour as a third view").
 """
 
 from __future__ import annotations
