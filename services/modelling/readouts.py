@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..diagnosis.network import BCCPatternNet
 from ..diagnosis.patterns import PATTERNS
 from .datasets import DIAGNOSES, Labels
-from .recipe import RealTrainConfig
+from .recipe import RealTrainConfig, for_view
 
 
 def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -116,8 +116,7 @@ def _disagreement(per_view: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
 def invariance_weights(cfg: RealTrainConfig, views: int) -> torch.Tensor:
     """The weight of each view's agreement with view 0 (views 1..): ``cfg.invariance``, the last
     weight repeated for the views beyond."""
-    given = tuple(cfg.invariance)
-    return torch.tensor([given[min(v, len(given)) - 1] for v in range(1, views)], dtype=torch.float32)
+    return torch.tensor([for_view(cfg.invariance, v) for v in range(1, views)], dtype=torch.float32)
 
 
 def pos_weight(y: torch.Tensor) -> torch.Tensor:

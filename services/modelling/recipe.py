@@ -116,6 +116,12 @@ class RealTrainConfig:
         return bool(self.finetune_from or self.image_finetune)
 
 
+def for_view(values: tuple, view: int):
+    """A per-view setting's value for view ``view`` (1, 2, ...): ``values`` lists views 1, 2,
+    ... and its last value holds for the views beyond (``augmentation``, ``invariance``)."""
+    return values[min(view, len(values)) - 1]
+
+
 def clinical_photos():
     """The shared clinical photographs the scope gate is fitted against, or None."""
     from .. import config

@@ -14,17 +14,16 @@ resampling can tell from zero (docs/experiments.md, "Collections" and "Camera co
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from ..diagnosis.preprocess import resize_and_crop
 from ..intake import decode
-
-if TYPE_CHECKING:
-    from .recipe import RealTrainConfig
+from .recipe import RealTrainConfig, for_view
 
 _SYMMETRIES = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
                Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
@@ -86,6 +85,7 @@ AUGMENTATIONS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Imag
     "dihedral+camera": dihedral_camera, "dihedral": dihedral, "full": augment}
 
 
+@lru_cache(maxsize=8)        # parsed once, not for every view of every image
 def per_view(spec: str) -> tuple[str, ...]:
     """The augmentation of views 1, 2, ... from ``RealTrainConfig.augmentation``: names
     separated by commas, the last one repeated for the views beyond. ValueError names an
@@ -98,17 +98,13 @@ def per_view(spec: str) -> tuple[str, ...]:
     return names
 
 
-def augmentation_of(cfg: "RealTrainConfig", view: int) -> str:
-    names = per_view(cfg.augmentation)
-    return names[min(view, len(names)) - 1]
-
-
-def view_of(img: Image.Image, i: int, view: int, cfg: "RealTrainConfig") -> Image.Image:
+def view_of(img: Image.Image, i: int, view: int, cfg: RealTrainConfig) -> Image.Image:
     """View ``view`` of image ``i`` as the build caches it: view 0 is the image as served,
     the others their ``cfg.augmentation`` drawn from (seed, image, view) alone."""
     if view == 0:
         return img
-    return AUGMENTATIONS[augmentation_of(cfg, view)](img, np.random.default_rng([cfg.seed, i, view]))
+    augmentation = AUGMENTATIONS[for_view(per_view(cfg.augmentation), view)]
+    return augmentation(img, np.random.default_rng([cfg.seed, i, view]))
 
 
 def _perspective_coeffs(target: np.ndarray, source: np.ndarray) -> tuple:
@@ -131,6 +127,6 @@ def load_image(path: Path, size: int, aspect: float | None = None) -> Image.Imag
     return resize_and_crop(img, size)[0]
 
 
-def aspect_of(sample, cfg: "RealTrainConfig") -> float | None:
+def aspect_of(sample, cfg: RealTrainConfig) -> float | None:
     """The photographed aspect of a sample's image where its copy was squashed."""
     return cfg.ham_aspect if sample.source == "ham10000" else None
